@@ -1,0 +1,34 @@
+# Set-up and everyday targets. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch first, on its own: pip then takes the build that fits this machine (CUDA or CPU) before the
+# rest of the stack asks for it; users with GPUs may install their own torch build beforehand.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/automl data demo $(DEMO)/data --task multiclass --n 32 --size 64
+	$(BIN)/automl data inspect $(DEMO)/data/dataset.yaml
+	$(BIN)/automl data audit $(DEMO)/data/dataset.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/data_loading.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) runs .pytest_cache

@@ -1,0 +1,84 @@
+"""The `automl` command line. Each command is a thin call into one module function."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+
+from automl.errors import UserError
+
+app = typer.Typer(help="Segmentation AutoML: search, promote, ensemble and predict.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Make demo data; inspect and audit a dataset.yaml.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+class TaskName(str, Enum):
+    multiclass = "multiclass"
+    multilabel = "multilabel"
+    binary = "binary"
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Path = typer.Argument(..., help="New folder for the images, labels and dataset.yaml."),
+    task: TaskName = typer.Option(TaskName.multiclass, help="multiclass: COCO; multilabel: polygon JSON; "
+                                                            "binary: mask PNG."),
+    n: int = typer.Option(48, help="Number of images (two per group)."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write a small synthetic dataset that a model can learn, plus its dataset.yaml."""
+    from automl.data.demo import write_demo
+
+    path = write_demo(out, task.value, n=n, size=size, seed=seed)
+    console.print(f"wrote {n} {task.value} images and {path}")
+
+
+@data_app.command("inspect")
+def data_inspect(dataset: Path = typer.Argument(Path("dataset.yaml"), help="The dataset.yaml.")) -> None:
+    """Counts, image sizes, groups, per-class pixel share and presence."""
+    from automl.data.summary import inspect_dataset
+
+    inspect_dataset(dataset, console)
+
+
+@data_app.command("audit")
+def data_audit(
+    dataset: Path = typer.Argument(Path("dataset.yaml"), help="The dataset.yaml."),
+    z: float = typer.Option(3.0, help="Flag a class's mask area when |z-score| exceeds this."),
+    csv: Optional[Path] = typer.Option(None, help="Where to write the flags (default: audit.csv beside the "
+                                                  "dataset.yaml)."),
+) -> None:
+    """Unreadable images, missing labels or images, empty masks, polygons outside the image, unknown
+    classes and mask-area outliers: a table and a CSV."""
+    from automl.data.audit import audit_dataset
+
+    audit_dataset(dataset, z=z, csv=csv, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(args=argv, prog_name="automl", standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e.line()}", file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

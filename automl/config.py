@@ -1,0 +1,165 @@
+"""Validated, frozen settings read from the user's YAML files."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from automl.errors import UserError
+
+Task = Literal["multiclass", "multilabel", "binary"]
+BACKGROUND = "background"
+POLYGON_FORMATS = ("coco", "polygon_json")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LabelsSpec(Frozen):
+    format: str = Field(description="coco | polygon_json | mask_png")
+    path: str = Field(description="COCO JSON file, or the folder of label files; relative to the YAML")
+
+
+class GroupField(Frozen):
+    field: str = Field(description="a field of the COCO `images` entries, e.g. patient_id")
+
+
+class DatasetSpec(Frozen):
+    name: str
+    task: Task
+    classes: list[str] = Field(min_length=1)
+    images: str = Field(description="glob of the images, relative to `root`")
+    labels: LabelsSpec
+    groups: str | GroupField | None = Field(default=None, description="regex on the relative image path")
+    ignore_index: int | None = None
+    root: Path = Field(default=Path("."), description="where relative paths start; default: the YAML's folder")
+    cache_dir: str | None = Field(default=None, description="decoded + resized arrays; default: <root>/.cache/automl")
+    source: str = Field(default="", description="the dataset.yaml this came from (set by the loader)")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, classes: list[str]) -> list[str]:
+        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"class names must be unique, got {duplicates} more than once")
+        return classes
+
+    @field_validator("groups")
+    @classmethod
+    def _valid_regex(cls, groups: str | GroupField | None) -> str | GroupField | None:
+        if isinstance(groups, str):
+            try:
+                re.compile(groups)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression ({e})") from None
+        return groups
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> "DatasetSpec":
+        if self.ignore_index is not None and not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"ignore_index must be in 0..255, got {self.ignore_index}")
+        if self.task == "multiclass" and self.ignore_index is not None and self.ignore_index < self.num_outputs:
+            raise ValueError(f"ignore_index {self.ignore_index} is a class index; use a value >= {self.num_outputs}")
+        if self.task == "multiclass" and self.num_outputs > 254:
+            raise ValueError(f"at most 254 classes fit a uint8 mask, got {self.num_outputs}")
+        if isinstance(self.groups, GroupField) and self.labels.format != "coco":
+            raise ValueError("groups: {field: ...} needs labels.format coco; use a regex on the path instead")
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the model's output channels (multiclass: index = pixel value of the mask)."""
+        if self.task == "binary":
+            return ["foreground"] if len(self.classes) > 1 else list(self.classes)
+        if self.task == "multiclass" and self.labels.format in POLYGON_FORMATS and self.classes[0] != BACKGROUND:
+            return [BACKGROUND, *self.classes]
+        return list(self.classes)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "binary" else len(self.class_names)
+
+    @property
+    def effective_ignore_index(self) -> int | None:
+        if self.ignore_index is None and self.task == "multiclass":
+            return 255
+        return self.ignore_index
+
+    def resolve(self, relative: str | Path) -> Path:
+        return (self.root / relative).resolve()
+
+    @property
+    def cache_root(self) -> Path:
+        return self.resolve(self.cache_dir) if self.cache_dir else self.resolve(".cache/automl")
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """safe_load a YAML mapping, turning every way it can fail into one UserError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found", file=path, fix="check the path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "cannot parse"
+        raise UserError(f"invalid YAML{where}: {problem}", file=path, fix="correct the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {what}: {e}", file=path) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} must be a YAML mapping of keys, got {type(data).__name__}", file=path,
+                        fix="write `key: value` lines")
+    return data
+
+
+def validation_error_to_user_error(error: ValidationError, path: str | Path, model: type[BaseModel]) -> UserError:
+    """First pydantic error -> one line naming the dotted key and how to fix it."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or None
+    kind = first["type"]
+    if kind == "missing":
+        return UserError("required key is missing", file=path, key=key, fix=f"add `{key}:` to the file")
+    if kind == "extra_forbidden":
+        known = _known_keys(model, first["loc"][:-1])
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return UserError("unknown key", file=path, key=key, fix=f"{hint}valid keys: {', '.join(known)}")
+    message = first["msg"].removeprefix("Value error, ")
+    return UserError(message, file=path, key=key, fix="see the dataset.yaml contract in README.md")
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def load_dataset_spec(path: str | Path) -> DatasetSpec:
+    """dataset.yaml -> DatasetSpec with `root` resolved, label format and paths checked."""
+    path = Path(path)
+    data = read_yaml(path, "dataset.yaml")
+    root = (path.parent / data.pop("root", ".")).resolve() if isinstance(data.get("root", "."), str) else None
+    if root is None:
+        raise UserError("must be a folder path", file=path, key="root")
+    try:
+        spec = DatasetSpec(**{**data, "root": root, "source": str(path)})
+    except ValidationError as e:
+        raise validation_error_to_user_error(e, path, DatasetSpec) from None
+    from automl.data.formats import check_format  # late: the readers import this module
+
+    check_format(spec.labels.format, file=path)
+    if not spec.resolve(spec.labels.path).exists():
+        raise UserError(f"{spec.resolve(spec.labels.path)} does not exist", file=path, key="labels.path",
+                        fix="point it at the COCO JSON file or the folder of label files")
+    return spec

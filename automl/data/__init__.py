@@ -1,0 +1,1 @@
+"""The data layer: readers, label statistics, group splits, the resize cache and demo datasets."""

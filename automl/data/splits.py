@@ -1,0 +1,126 @@
+"""Group-aware subsamples and K folds. One group never spans two folds; the same seed gives the same split.
+
+The folds come from scikit-learn's StratifiedGroupKFold (GroupKFold when nothing stratifies); only the
+stratum of each sample is decided here: multiclass by its dominant class, multilabel by its rarest
+present class, binary by whether it has foreground.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from automl import store
+from automl.errors import UserError
+
+NO_CLASS = -1
+
+
+def strata(pixels: np.ndarray, task: str) -> np.ndarray:
+    """One stratum per sample from its N x C class pixel counts."""
+    present = pixels > 0
+    if task == "binary":
+        return present[:, 0].astype(int)
+    if task == "multiclass":
+        foreground = pixels[:, 1:]  # index 0 is the background
+        return np.where(foreground.sum(axis=1) > 0, foreground.argmax(axis=1) + 1, 0)
+    frequency = present.sum(axis=0)
+    rarity = np.where(present, frequency[None, :], np.iinfo(np.int64).max)
+    return np.where(present.any(axis=1), rarity.argmin(axis=1), NO_CLASS)
+
+
+def group_subsample(groups: list[str], sample_strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted sample indices of a seeded fraction of the groups, taken per stratum so rare classes stay.
+
+    A group's stratum is the rarest stratum among its samples; each stratum keeps at least one group.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"subsample fraction must be in (0, 1], got {fraction}")
+    groups = np.asarray(groups)
+    if fraction == 1:
+        return np.arange(len(groups))
+    unique, inverse = np.unique(groups, return_inverse=True)
+    stratum_count = {s: c for s, c in zip(*np.unique(sample_strata, return_counts=True))}
+    group_stratum = np.empty(len(unique), dtype=np.asarray(sample_strata).dtype)
+    for g in range(len(unique)):
+        members = np.asarray(sample_strata)[inverse == g]
+        group_stratum[g] = min(members, key=lambda s: (stratum_count[s], s))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for stratum in np.unique(group_stratum):
+        candidates = np.flatnonzero(group_stratum == stratum)
+        take = max(1, int(round(fraction * len(candidates))))
+        chosen.extend(rng.choice(candidates, size=take, replace=False))
+    return np.flatnonzero(np.isin(inverse, chosen))
+
+
+def kfold(groups: list[str], sample_strata: np.ndarray | None, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every sample: the fold in which it is validated."""
+    n_groups = len(set(groups))
+    if n_folds < 2:
+        raise UserError(f"need at least 2 folds, got {n_folds}", key="folds", fix="pass --folds 2 or more")
+    if n_groups < n_folds:
+        raise UserError(f"{n_groups} groups cannot fill {n_folds} folds", key="folds",
+                        fix=f"use --folds {max(2, n_groups)} or fewer, or check the `groups` regex")
+    x = np.zeros((len(groups), 1))
+    fold_of = np.full(len(groups), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
+        if sample_strata is not None and len(np.unique(sample_strata)) > 1:
+            splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+            splits = splitter.split(x, sample_strata, groups)
+        else:
+            splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(x, groups=groups)
+        for fold, (_, validation) in enumerate(splits):
+            fold_of[validation] = fold
+    return fold_of
+
+
+def holdout(groups: list[str], sample_strata: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a held-out validation set of about `fraction` of the groups."""
+    n_folds = min(max(2, int(round(1 / fraction))), len(set(groups)))
+    return kfold(groups, sample_strata, n_folds, seed) == 0
+
+
+@dataclass
+class Splits:
+    """Saved with the study so every later command validates on exactly the same images."""
+
+    ids: list[str]
+    groups: list[str]
+    fold: list[int]  # fold in which each id is validated
+    seed: int
+    method: str
+
+    @property
+    def n_folds(self) -> int:
+        return max(self.fold) + 1
+
+    def validation(self, k: int) -> list[str]:
+        return [i for i, f in zip(self.ids, self.fold) if f == k]
+
+    def training(self, k: int) -> list[str]:
+        return [i for i, f in zip(self.ids, self.fold) if f != k]
+
+    def save(self, path: str | Path) -> None:
+        store.write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path, ids: list[str] | None = None) -> "Splits":
+        splits = cls(**store.read_json(path))
+        if ids is not None and set(ids) != set(splits.ids):
+            changed = len(set(ids) ^ set(splits.ids))
+            raise UserError(f"the dataset changed since these splits were made ({changed} images differ)",
+                            file=path, fix="use a new study, or delete the file to split again")
+        return splits
+
+
+def make_kfold_splits(ids: list[str], groups: list[str], sample_strata: np.ndarray | None, n_folds: int,
+                      seed: int) -> Splits:
+    fold = kfold(groups, sample_strata, n_folds, seed)
+    method = "StratifiedGroupKFold" if sample_strata is not None and len(set(sample_strata)) > 1 else "GroupKFold"
+    return Splits(list(ids), list(groups), [int(f) for f in fold], seed, method)

@@ -1,0 +1,55 @@
+"""`automl data inspect`: what a dataset holds, as numbers and a table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from automl.data.dataset import SegmentationDataset
+from automl.data.stats import label_stats
+
+
+def inspect_dataset(dataset_yaml: str | Path, console: Console | None = None) -> dict:
+    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    spec = dataset.spec
+    stats = label_stats(dataset)
+    group_sizes = np.array(list(Counter(stats.groups).values()))
+    summary = {
+        "name": spec.name,
+        "task": spec.task,
+        "format": spec.labels.format,
+        "images": len(dataset),
+        "unlabeled_images": len(dataset.listing.unlabeled_images),
+        "orphan_labels": len(dataset.listing.orphan_labels),
+        "groups": len(group_sizes),
+        "images_per_group": [int(group_sizes.min()), float(np.median(group_sizes)), int(group_sizes.max())],
+        "sizes": Counter(f"{w}x{h}" for h, w in stats.sizes.tolist()).most_common(),
+        "classes": [
+            {"name": name, "images": int(stats.presence[:, c].sum()), "pixel_share": float(stats.share[c])}
+            for c, name in enumerate(spec.class_names)
+        ],
+    }
+    _print(summary, console or Console())
+    return summary
+
+
+def _print(summary: dict, console: Console) -> None:
+    n = summary["images"]
+    console.print(f"[bold]{summary['name']}[/] · {summary['task']} · {summary['format']} · {n} labelled images "
+                  f"in {summary['groups']} groups (images per group min/median/max "
+                  f"{'/'.join(str(v) for v in summary['images_per_group'])})")
+    if summary["unlabeled_images"] or summary["orphan_labels"]:
+        console.print(f"[yellow]{summary['unlabeled_images']} images without labels are left out, "
+                      f"{summary['orphan_labels']} labels have no image (see `automl data audit`)[/]")
+    sizes = ", ".join(f"{size} ×{count}" for size, count in summary["sizes"][:5])
+    more = f" (+{len(summary['sizes']) - 5} more sizes)" if len(summary["sizes"]) > 5 else ""
+    console.print(f"image sizes (WxH): {sizes}{more}")
+    table = Table("class", "images with it", "share of images", "pixel share", title="classes")
+    for row in summary["classes"]:
+        table.add_row(row["name"], str(row["images"]), f"{row['images'] / max(n, 1):.1%}",
+                      f"{row['pixel_share']:.2%}")
+    console.print(table)

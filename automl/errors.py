@@ -1,0 +1,26 @@
+"""The one error type users see: a single line naming the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user. The CLI prints it as one line and exits with code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | Path | None = None, key: str | None = None,
+                 fix: str | None = None):
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.fix = fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = ": ".join(part for part in (self.file, self.key and f"key '{self.key}'") if part)
+        text = f"{where}: {self.message}" if where else self.message
+        if self.fix:
+            text = f"{text} (fix: {self.fix})"
+        return " ".join(text.split())  # always one line, whatever the pieces held

@@ -1,0 +1,1 @@
+"""Static reports built from a run directory (read-only)."""

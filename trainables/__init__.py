@@ -1,0 +1,1 @@
+"""What runs inside one trial, on one worker: training one segmentation model."""
