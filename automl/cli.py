@@ -7,7 +7,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -67,14 +66,13 @@ def data_audit(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        app(args=argv, prog_name="automl", standalone_mode=False)
+        app(args=argv, prog_name="automl")  # standalone: Typer prints usage errors itself and exits 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except UserError as e:
         print(f"error: {e.line()}", file=sys.stderr)
         return e.exit_code
-    except click.exceptions.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 from automl import store
 from automl.data.dataset import SegmentationDataset
 
-CV2_MAX_CHANNELS = 512
+CV2_MAX_CHANNELS = 128  # cv2.resize refuses 256 channels and more
 
 
 @dataclass
@@ -55,7 +55,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             return np.ascontiguousarray(mask)
         return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     channels_last = np.ascontiguousarray(mask.transpose(1, 2, 0).astype(np.uint8))
-    chunks = [cv2.resize(channels_last[..., i:i + CV2_MAX_CHANNELS], (width, height),
+    chunks = [cv2.resize(np.ascontiguousarray(channels_last[..., i:i + CV2_MAX_CHANNELS]), (width, height),
                          interpolation=cv2.INTER_NEAREST).reshape(height, width, -1)
               for i in range(0, channels_last.shape[2], CV2_MAX_CHANNELS)]
     return np.concatenate(chunks, axis=2).transpose(2, 0, 1).astype(bool)

@@ -70,7 +70,7 @@ def kfold(groups: list[str], sample_strata: np.ndarray | None, n_folds: int, see
     fold_of = np.full(len(groups), -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
-        if sample_strata is not None and len(np.unique(sample_strata)) > 1:
+        if stratifiable(sample_strata, n_folds):
             splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
             splits = splitter.split(x, sample_strata, groups)
         else:
@@ -78,6 +78,14 @@ def kfold(groups: list[str], sample_strata: np.ndarray | None, n_folds: int, see
         for fold, (_, validation) in enumerate(splits):
             fold_of[validation] = fold
     return fold_of
+
+
+def stratifiable(sample_strata: np.ndarray | None, n_folds: int) -> bool:
+    """StratifiedGroupKFold needs two strata and one of them with at least n_folds samples."""
+    if sample_strata is None:
+        return False
+    counts = np.unique(sample_strata, return_counts=True)[1]
+    return len(counts) > 1 and counts.max() >= n_folds
 
 
 def holdout(groups: list[str], sample_strata: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
@@ -122,5 +130,5 @@ class Splits:
 def make_kfold_splits(ids: list[str], groups: list[str], sample_strata: np.ndarray | None, n_folds: int,
                       seed: int) -> Splits:
     fold = kfold(groups, sample_strata, n_folds, seed)
-    method = "StratifiedGroupKFold" if sample_strata is not None and len(set(sample_strata)) > 1 else "GroupKFold"
+    method = "StratifiedGroupKFold" if stratifiable(sample_strata, n_folds) else "GroupKFold"
     return Splits(list(ids), list(groups), [int(f) for f in fold], seed, method)
