@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +133,7 @@ def validation_error_to_user_error(error: ValidationError, path: str | Path, mod
         hint = f"did you mean '{close[0]}'? " if close else ""
         return UserError("unknown key", file=path, key=key, fix=f"{hint}valid keys: {', '.join(known)}")
     message = first["msg"].removeprefix("Value error, ")
-    return UserError(message, file=path, key=key, fix="see the dataset.yaml contract in README.md")
+    return UserError(message, file=path, key=key, fix="see README.md for the valid values")
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -163,3 +164,111 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
         raise UserError(f"{spec.resolve(spec.labels.path)} does not exist", file=path, key="labels.path",
                         fix="point it at the COCO JSON file or the folder of label files")
     return spec
+
+
+# ---------------------------------------------------------------- one training run
+
+
+
+class ModelConfig(Frozen):
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None  # None: nothing is downloaded; "imagenet" needs the network once
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "ModelConfig":
+        from trainables.models import check_arch, check_encoder
+
+        check_arch(self.arch)
+        check_encoder(self.encoder, self.arch)
+        return self
+
+
+class DataConfig(Frozen):
+    resize: int | tuple[int, int] = 256
+    augment: str = "light"
+    batch_size: int = Field(8, ge=1)
+    crop: int | None = Field(None, ge=8, description="train on crops of this side (CropNonEmptyMaskIfExists)")
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augment(cls, name: str) -> str:
+        from trainables.augment import AUGMENTATIONS
+
+        return AUGMENTATIONS.check(name)
+
+    @field_validator("resize")
+    @classmethod
+    def _positive(cls, size):
+        sides = (size, size) if isinstance(size, int) else size
+        if min(sides) < 16:
+            raise ValueError(f"resize must be at least 16 pixels, got {size}")
+        return size
+
+
+class LossConfig(Frozen):
+    terms: dict[str, float] = Field(default_factory=lambda: {"ce": 0.3, "dice": 0.7})
+
+    @field_validator("terms")
+    @classmethod
+    def _known_terms(cls, terms: dict[str, float]) -> dict[str, float]:
+        from trainables.losses import check_terms
+
+        return check_terms(terms)
+
+
+class OptimConfig(Frozen):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from trainables.optim import OPTIMIZERS
+
+        return OPTIMIZERS.check(name)
+
+
+class ScheduleConfig(Frozen):
+    name: str = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, name: str) -> str:
+        from trainables.optim import check_schedule
+
+        return check_schedule(name)
+
+
+class TrainConfig(Frozen):
+    epochs: int = Field(10, ge=1)
+    amp: bool = True  # used only where CUDA is present
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+
+
+class TrialConfig(Frozen):
+    """Everything one training run needs besides the data; saved as config.json beside every run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def parse_trial_config(data: dict[str, Any], source: str | Path = "<config>") -> TrialConfig:
+    try:
+        return TrialConfig(**data)
+    except ValidationError as e:
+        raise validation_error_to_user_error(e, source, TrialConfig) from None
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.suffix == ".json" and path.is_file() else read_yaml(path, "trial config")
+    return parse_trial_config(data, path)

@@ -1,0 +1,60 @@
+"""What a training run reads: cached, resized samples of a dataset split into training and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from automl.data.cache import ResizeCache
+from automl.data.dataset import SegmentationDataset
+from automl.data.splits import holdout, strata
+from automl.data.stats import class_pixels
+from trainables.augment import apply
+
+
+@dataclass
+class TrainData:
+    """A dataset and which of its samples train and which validate (indices into dataset.records)."""
+
+    dataset: SegmentationDataset
+    train_indices: list[int]
+    val_indices: list[int]
+
+    @classmethod
+    def holdout_split(cls, dataset: SegmentationDataset, size, val_fraction: float = 0.2, seed: int = 0
+                      ) -> "TrainData":
+        """A seeded group holdout, stratified by the classes each image holds (read from the cache)."""
+        cache = ResizeCache(dataset, size)
+        cache.ensure()
+        spec = dataset.spec
+        pixels = np.stack([class_pixels(np.asarray(cache[i].mask), spec.task, spec.num_outputs)
+                           for i in range(len(dataset))])
+        is_val = holdout(dataset.groups, strata(pixels, spec.task), val_fraction, seed)
+        return cls(dataset, np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist())
+
+
+class SegmentationTorchDataset(Dataset):
+    """uint8 CHW images and task-shaped targets from the resize cache, augmented on the fly.
+
+    Targets: multiclass HxW int64 (ignore_index kept), multilabel CxHxW float, binary 1xHxW float.
+    """
+
+    def __init__(self, cache: ResizeCache, indices: list[int], task: str, augmentation=None):
+        self.cache, self.indices, self.task, self.augmentation = cache, list(indices), task, augmentation
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.cache[self.indices[item]]
+        image, mask = np.asarray(sample.image), np.asarray(sample.mask)
+        if self.augmentation is not None:
+            image, mask = apply(self.augmentation, image, mask)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.task == "multiclass":
+            return image, torch.from_numpy(mask.astype(np.int64))
+        target = torch.from_numpy(mask.astype(np.float32))
+        return image, target if self.task == "multilabel" else target.unsqueeze(0)
