@@ -16,7 +16,7 @@ app = typer.Typer(help="Segmentation AutoML: search, promote, ensemble and predi
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make demo data; inspect and audit a dataset.yaml.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # one check, one line, whatever the terminal width
 
 
 class TaskName(str, Enum):
@@ -61,6 +61,37 @@ def data_audit(
     from automl.data.audit import audit_dataset
 
     audit_dataset(dataset, z=z, csv=csv, console=console)
+
+
+@app.command("train")
+def train_command(
+    config: Path = typer.Option(..., help="TrialConfig as YAML or JSON (model, data, loss, optim, schedule, train)."),
+    data: Path = typer.Option(Path("dataset.yaml"), help="The dataset.yaml."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/train/<time>)."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of the groups held out for validation."),
+    seed: int = typer.Option(0, help="Seed of the holdout split."),
+) -> None:
+    """Train one model from a TrialConfig: per-epoch metrics, best checkpoint, metrics.csv."""
+    from automl.single import run_single
+
+    run_single(config, data, out, val_fraction, seed, echo=console.print)
+
+
+@app.command("debug")
+def debug_command(
+    data: Path = typer.Option(Path("dataset.yaml"), help="The dataset.yaml."),
+    arch: str = typer.Option("unet", help="Architecture of the tiny model."),
+    encoder: str = typer.Option("tu-test_resnet", help="Encoder of the tiny model."),
+    size: int = typer.Option(64, help="Resize side."),
+    images: int = typer.Option(8, help="How many images to overfit."),
+    epochs: int = typer.Option(12, help="Epochs of the overfit run."),
+) -> None:
+    """Sanity check before GPU days: augmentations round-trip, a tiny model's loss falls and metric rises."""
+    from automl.debug import run_debug
+
+    checks = run_debug(data, arch, encoder, size, images, epochs, echo=console.print)
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ Add a set in a few lines:
 from __future__ import annotations
 
 import albumentations as A
+import numpy as np
 
 from trainables.registry import Registry
 
@@ -51,17 +52,21 @@ def xray() -> list:
     return [A.CLAHE(p=0.5), A.Sharpen(p=0.3), A.RandomBrightnessContrast(p=0.5), A.GridDropout(ratio=0.3, p=0.2)]
 
 
-def build_augmentation(name: str, crop: int | None = None) -> A.Compose:
+def build_augmentation(name: str, crop: int | None = None, seed: int | None = None) -> A.Compose:
+    """Albumentations keeps its own random state: `seed` makes a run repeatable."""
     transforms = AUGMENTATIONS.get(name)()
     if crop:
         transforms = [A.CropNonEmptyMaskIfExists(crop, crop), *transforms]
-    return A.Compose(transforms)
+    return A.Compose(transforms, seed=seed)
 
 
 def apply(pipeline: A.Compose, image, mask):
-    """Run `pipeline` on an HxWx3 image and a HxW or CxHxW mask; the mask keeps its layout."""
+    """Run `pipeline` on an HxWx3 image and a HxW or CxHxW mask; the mask keeps its layout.
+
+    Multilabel masks go through as HxWxC uint8 (OpenCV's remap refuses bool) and come back as CxHxW uint8.
+    """
     if mask.ndim == 3:
-        out = pipeline(image=image, mask=mask.transpose(1, 2, 0))
+        out = pipeline(image=image, mask=np.ascontiguousarray(mask.transpose(1, 2, 0), dtype=np.uint8))
         return out["image"], out["mask"].transpose(2, 0, 1)
     out = pipeline(image=image, mask=mask)
     return out["image"], out["mask"]

@@ -86,7 +86,7 @@ def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> 
     spec = data.dataset.spec
     cache = ResizeCache(data.dataset, config.data.resize, workers=max(1, config.train.num_workers or 2))
     cache.ensure(data.train_indices + data.val_indices)  # decode once, before the first epoch
-    augmentation = build_augmentation(config.data.augment, config.data.crop)
+    augmentation = build_augmentation(config.data.augment, config.data.crop, seed=config.train.seed)
     train_set = SegmentationTorchDataset(cache, data.train_indices, spec.task, augmentation)
     val_set = SegmentationTorchDataset(cache, data.val_indices, spec.task)
     generator = torch.Generator().manual_seed(config.train.seed)

@@ -1,0 +1,30 @@
+"""`automl train`: one training run of one TrialConfig on a group holdout of the dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from automl.config import load_dataset_spec, load_trial_config
+from automl.data.dataset import SegmentationDataset
+from trainables.data import TrainData
+from trainables.train import TrainResult, train
+
+
+def run_single(config_path: str | Path, dataset_yaml: str | Path, out: str | Path | None = None,
+               val_fraction: float = 0.2, seed: int = 0, echo=print) -> TrainResult:
+    config = load_trial_config(config_path)
+    dataset = SegmentationDataset(load_dataset_spec(dataset_yaml))
+    out = Path(out) if out else Path("runs") / "train" / time.strftime("%Y%m%d-%H%M%S")
+    data = TrainData.holdout_split(dataset, config.data.resize, val_fraction, seed)
+    echo(f"training {config.model.arch}/{config.model.encoder} on {len(data.train_indices)} images, "
+         f"validating on {len(data.val_indices)}; writing {out}")
+
+    def report(epoch: int, metrics: dict) -> None:
+        echo(f"epoch {epoch:3d}  {metrics['metric']} {metrics['score']:.4f}  train loss {metrics['train_loss']:.4f}  "
+             f"val loss {metrics['val_loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s")
+
+    result = train(config, data, report, out_dir=out)
+    echo(f"best {result.history[0]['metric']} {result.best_score:.4f} at epoch {result.best_epoch}; "
+         f"checkpoint {result.checkpoint}")
+    return result
