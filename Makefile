@@ -23,12 +23,14 @@ demo: $(STAMP)
 	$(BIN)/automl data demo $(DEMO)/data --task multiclass --n 32 --size 64
 	$(BIN)/automl data inspect $(DEMO)/data/dataset.yaml
 	$(BIN)/automl data audit $(DEMO)/data/dataset.yaml
+	$(BIN)/automl debug --data $(DEMO)/data/dataset.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_loading.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache

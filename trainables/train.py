@@ -110,7 +110,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, normali
             logits = model(x)
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(epoch, step, float(loss))
+            raise NonFiniteLossError(epoch, step, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
