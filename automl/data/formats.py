@@ -247,6 +247,24 @@ class Reader(ABC):
                 return match.group(1) if match.groups() else match.group(0)
         return image_id
 
+    def _listing_by_stem(self, folder: Path, suffix: str) -> Listing:
+        """One label file per image in `folder`, matched by file stem."""
+        if not folder.is_dir():
+            raise UserError(f"{self.name} labels need a folder of {suffix} files", file=self.spec.source,
+                            key="labels.path", fix=f"point it at a folder, not {folder.name}")
+        matcher = StemMatcher(folder, {suffix})
+        records, unlabeled = [], []
+        for path in list_images(self.spec):
+            image_id = relative_id(self.spec, path)
+            label = matcher.match(path)
+            if label is None:
+                unlabeled.append(image_id)
+            else:
+                records.append(Record(image_id, path, self.group_of(image_id), label))
+        image_paths = {r.image.resolve() for r in records}
+        orphans = [relative_id(self.spec, p) for p in matcher.unused() if p.resolve() not in image_paths]
+        return Listing(records, unlabeled, orphans)
+
     def _paint_polygons(self, shapes: Iterable[tuple[str, np.ndarray]], height: int, width: int
                         ) -> tuple[np.ndarray, list[Issue]]:
         canvas, issues = MaskCanvas(self.spec, height, width), []
@@ -382,22 +400,7 @@ class PolygonJsonReader(Reader):
     """One JSON per image, matched by stem: {"annotations": [{"label", "points"}]} or LabelMe `shapes`."""
 
     def listing(self) -> Listing:
-        folder = self.spec.resolve(self.spec.labels.path)
-        if not folder.is_dir():
-            raise UserError("polygon_json labels need a folder of JSON files", file=self.spec.source,
-                            key="labels.path", fix=f"point it at a folder, not {folder.name}")
-        matcher = StemMatcher(folder, {".json"})
-        records, unlabeled = [], []
-        for path in list_images(self.spec):
-            image_id = relative_id(self.spec, path)
-            label = matcher.match(path)
-            if label is None:
-                unlabeled.append(image_id)
-            else:
-                records.append(Record(image_id, path, self.group_of(image_id), label))
-        image_paths = {r.image.resolve() for r in records}
-        orphans = [relative_id(self.spec, p) for p in matcher.unused() if p.resolve() not in image_paths]
-        return Listing(records, unlabeled, orphans)
+        return self._listing_by_stem(self.spec.resolve(self.spec.labels.path), ".json")
 
     def read_mask(self, record: Record, height: int, width: int) -> tuple[np.ndarray, list[Issue]]:
         data = _load_json(record.label)
@@ -444,18 +447,7 @@ class MaskPngReader(Reader):
         folder = self.spec.resolve(self.spec.labels.path)
         if self.spec.task == "multilabel":
             return self._listing_per_class(folder)
-        matcher = StemMatcher(folder, {".png"})
-        records, unlabeled = [], []
-        for path in list_images(self.spec):
-            image_id = relative_id(self.spec, path)
-            label = matcher.match(path)
-            if label is None:
-                unlabeled.append(image_id)
-            else:
-                records.append(Record(image_id, path, self.group_of(image_id), label))
-        image_paths = {r.image.resolve() for r in records}
-        orphans = [relative_id(self.spec, p) for p in matcher.unused() if p.resolve() not in image_paths]
-        return Listing(records, unlabeled, orphans)
+        return self._listing_by_stem(folder, ".png")
 
     def _listing_per_class(self, folder: Path) -> Listing:
         missing = [c for c in self.spec.classes if not (folder / c).is_dir()]
