@@ -16,7 +16,8 @@ app = typer.Typer(help="Segmentation AutoML: search, promote, ensemble and predi
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make demo data; inspect and audit a dataset.yaml.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True)  # one check, one line, whatever the terminal width
+# One check, one line, whatever the terminal width; piped output gets room for the leaderboard's columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 class TaskName(str, Enum):
@@ -92,6 +93,79 @@ def debug_command(
     checks = run_debug(data, arch, encoder, size, images, epochs, echo=console.print)
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
+
+
+def parse_assignments(pairs: list[str]) -> dict:
+    """--set model.encoder=resnet50 --set data.resize=512 -> {"model.encoder": "resnet50", "data.resize": 512}."""
+    import yaml
+
+    fixed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"expected KEY=VALUE, got '{pair}'", key="--set", fix="e.g. --set model.encoder=resnet50")
+        fixed[key.strip()] = yaml.safe_load(value)
+    return fixed
+
+
+@app.command("search")
+def search_command(
+    space: str = typer.Option("hybrid_loss", help="A space in search_spaces/ (hybrid_loss, architecture, resize, "
+                                                  "augmentation, schedule, full) or a YAML path."),
+    data: Path = typer.Option(Path("dataset.yaml"), help="The dataset.yaml."),
+    study: Optional[str] = typer.Option(None, help="Study name (default: the space's name)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    trials: int = typer.Option(20, help="Finished trials wanted."),
+    max_epochs: Optional[int] = typer.Option(None, help="Epochs of a trial that is never pruned (ASHA max_t)."),
+    subsample: Optional[float] = typer.Option(None, help="Fraction of the training groups each trial sees."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Trials running at once (default: as resources allow)."),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial."),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU."),
+    time_budget: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. auto)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite in the study folder)."),
+    seed: int = typer.Option(0, help="Seed of the sampler and the data split."),
+    wandb: str = typer.Option("offline", help="offline | online | off: one wandb run per trial."),
+    resume: bool = typer.Option(False, help="Continue the study: finished trials are kept."),
+    set_: list[str] = typer.Option([], "--set", help="Pin a TrialConfig key: --set model.encoder=resnet50."),
+    verbose: bool = typer.Option(False, help="Show Ray's own logs."),
+) -> None:
+    """Search a space: Ray Tune trials sampled by Optuna TPE and pruned by ASHA, on a group subsample."""
+    from automl.search import SearchOptions, run_search
+    from automl.status import dashboard_command, leaderboard
+
+    options = SearchOptions(space=space, data=data, study=study, runs_dir=runs_dir, trials=trials,
+                            max_epochs=max_epochs, subsample=subsample, max_concurrent=max_concurrent,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, time_budget=time_budget,
+                            address=address, storage=storage, seed=seed, wandb=wandb, resume=resume,
+                            fixed=parse_assignments(set_), verbose=verbose)
+    outcome = run_search(options, echo=console.print, console=console)
+    leaderboard(runs_dir, outcome["study"], console)
+    console.print(f"review it: {' '.join(dashboard_command(runs_dir, outcome['study']))}   "
+                  f"(or: automl dashboard {outcome['study']} --runs-dir {runs_dir})")
+
+
+@app.command("status")
+def status_command(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+) -> None:
+    """Leaderboard of a study: rank, score, state, epochs, key params, minutes."""
+    from automl.status import leaderboard
+
+    leaderboard(runs_dir, study, console)
+
+
+@app.command("dashboard")
+def dashboard_command_cli(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    port: int = typer.Option(8080, help="Port on 127.0.0.1."),
+) -> None:
+    """Serve optuna-dashboard for the study's storage on 127.0.0.1."""
+    from automl.status import serve_dashboard
+
+    serve_dashboard(runs_dir, study, port, echo=console.print)
 
 
 def main(argv: list[str] | None = None) -> int:

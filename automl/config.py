@@ -272,3 +272,26 @@ def load_trial_config(path: str | Path) -> TrialConfig:
     path = Path(path)
     data = json.loads(path.read_text()) if path.suffix == ".json" and path.is_file() else read_yaml(path, "trial config")
     return parse_trial_config(data, path)
+
+
+# ---------------------------------------------------------------- a study
+
+class StudySettings(BaseModel):
+    """The resolved settings of a search, saved as runs/<study>/study.yaml: later commands read them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    study: str
+    dataset: str  # absolute path of the dataset.yaml
+    task: str
+    metric: str
+    space: dict[str, Any]  # the resolved search space (SearchSpace.to_dict)
+    trials: int
+    seed: int
+    storage: str
+    val_fraction: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None = None
+    time_budget: float | None = None
+    wandb: str = "offline"
+    created: str = ""

@@ -44,3 +44,44 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    import yaml
+
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+class RunDir:
+    """runs/<study>/: everything a later command needs, days later, in another process."""
+
+    def __init__(self, runs_dir: str | Path, study: str):
+        self.root = Path(runs_dir).resolve() / study
+        self.study = study
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "study.yaml"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def search_split(self) -> Path:
+        return self.root / "search_split.json"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / "trials" / f"{number:04d}"
+
+    def exists(self) -> bool:
+        return self.settings_file.exists()
+
+    def settings(self):
+        from automl.config import StudySettings, read_yaml
+        from automl.errors import UserError
+
+        if not self.exists():
+            raise UserError(f"no study '{self.study}' in {self.root.parent}", key="STUDY",
+                            fix="run `automl search --study NAME ...` first, or pass --runs-dir")
+        return StudySettings(**read_yaml(self.settings_file, "study settings"))

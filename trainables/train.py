@@ -94,8 +94,9 @@ def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> 
                    persistent_workers=config.train.num_workers > 0,
                    worker_init_fn=partial(seed_worker, config.train.seed))
     batch_size = config.data.batch_size
+    # drop only a last batch of one image (BatchNorm cannot train on it); small datasets keep every image
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
-                              drop_last=len(train_set) > batch_size, **options)
+                              drop_last=len(train_set) % batch_size == 1, **options)
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, **options)
     return train_loader, val_loader
 

@@ -1,0 +1,78 @@
+"""`automl status` (a leaderboard read from the Optuna storage) and `automl dashboard` (optuna-dashboard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from automl import store
+from automl.progress import format_value, short
+
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+
+
+def load_study(runs_dir: str | Path, study: str):
+    import optuna
+
+    from automl.search import open_storage
+
+    settings = store.RunDir(runs_dir, study).settings()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage))
+
+
+def ranked_trials(study) -> list:
+    """COMPLETE by score, then PRUNED by their last score, then the rest."""
+    def key(trial):
+        value = trial.value if trial.value is not None else float("-inf")
+        return STATE_ORDER.get(trial.state.name, 5), -value, trial.number
+    return sorted(study.get_trials(deepcopy=False), key=key)
+
+
+def leaderboard(runs_dir: str | Path, study_name: str, console: Console | None = None, limit: int = 30) -> list[dict]:
+    settings, study = load_study(runs_dir, study_name)
+    console = console or Console()
+    keys = list(settings.space.get("params", {}))
+    rows = []
+    for rank, trial in enumerate(ranked_trials(study), start=1):
+        rows.append({"rank": rank, "trial": trial.number, "state": trial.state.name, "score": trial.value,
+                     "epochs": trial.user_attrs.get("epochs", len(trial.intermediate_values)),
+                     "minutes": trial.user_attrs.get("wall_time_s", 0.0) / 60,
+                     "params": {k: trial.params[k] for k in keys if k in trial.params},
+                     "error": trial.user_attrs.get("error") or trial.user_attrs.get("nonfinite_loss", "")})
+    table = Table("rank", "trial", settings.metric, "state", "epochs", *[short(k) for k in keys], "min",
+                  title=f"study {study_name}: {len(rows)} trials, {settings.trials} asked")
+    for row in rows[:limit]:
+        score = f"{row['score']:.4f}" if row["score"] is not None else "-"
+        table.add_row(str(row["rank"]), str(row["trial"]), score, row["state"], str(row["epochs"]),
+                      *[format_value(row["params"].get(k, "")) for k in keys], f"{row['minutes']:.1f}")
+    console.print(table)
+    counts = {state: sum(r["state"] == state for r in rows) for state in STATE_ORDER}
+    console.print(", ".join(f"{state.lower()} {n}" for state, n in counts.items() if n))
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    if complete:
+        best = complete[0]
+        console.print(f"best: trial {best['trial']} {settings.metric} {best['score']:.4f} -> "
+                      f"{store.RunDir(runs_dir, study_name).trial_dir(best['trial'])}")
+    for row in rows:
+        if row["error"]:
+            console.print(f"trial {row['trial']} {row['state'].lower()}: {row['error']}", soft_wrap=True)
+    return rows
+
+
+def dashboard_command(runs_dir: str | Path, study: str, port: int = 8080) -> list[str]:
+    settings = store.RunDir(runs_dir, study).settings()
+    return ["optuna-dashboard", settings.storage, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def serve_dashboard(runs_dir: str | Path, study: str, port: int = 8080, echo=print) -> None:
+    """optuna-dashboard on 127.0.0.1 only: the study is not published to the network."""
+    from optuna_dashboard import run_server
+
+    from automl.search import open_storage
+
+    settings = store.RunDir(runs_dir, study).settings()
+    echo(f"optuna-dashboard for study '{study}' at http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    run_server(open_storage(settings.storage), host="127.0.0.1", port=port)
