@@ -24,6 +24,8 @@ demo: $(STAMP)
 	$(BIN)/automl data inspect $(DEMO)/data/dataset.yaml
 	$(BIN)/automl data audit $(DEMO)/data/dataset.yaml
 	$(BIN)/automl debug --data $(DEMO)/data/dataset.yaml
+	$(BIN)/automl search --space hybrid_loss --data $(DEMO)/data/dataset.yaml --study demo --runs-dir $(DEMO)/runs \
+		--trials 8 --max-epochs 8 --subsample 1.0 --set model.encoder=tu-test_resnet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +33,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/search_overhead.py
+	$(BIN)/python bench/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache

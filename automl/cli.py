@@ -128,6 +128,8 @@ def search_command(
     wandb: str = typer.Option("offline", help="offline | online | off: one wandb run per trial."),
     resume: bool = typer.Option(False, help="Continue the study: finished trials are kept."),
     set_: list[str] = typer.Option([], "--set", help="Pin a TrialConfig key: --set model.encoder=resnet50."),
+    sampler: str = typer.Option("tpe", help="tpe (seeded, multivariate) or random."),
+    prune: bool = typer.Option(True, help="--no-prune runs every trial to --max-epochs (no ASHA)."),
     verbose: bool = typer.Option(False, help="Show Ray's own logs."),
 ) -> None:
     """Search a space: Ray Tune trials sampled by Optuna TPE and pruned by ASHA, on a group subsample."""
@@ -138,7 +140,7 @@ def search_command(
                             max_epochs=max_epochs, subsample=subsample, max_concurrent=max_concurrent,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, time_budget=time_budget,
                             address=address, storage=storage, seed=seed, wandb=wandb, resume=resume,
-                            fixed=parse_assignments(set_), verbose=verbose)
+                            fixed=parse_assignments(set_), verbose=verbose, sampler=sampler, prune=prune)
     outcome = run_search(options, echo=console.print, console=console)
     leaderboard(runs_dir, outcome["study"], console)
     console.print(f"review it: {' '.join(dashboard_command(runs_dir, outcome['study']))}   "

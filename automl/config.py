@@ -190,6 +190,13 @@ class DataConfig(Frozen):
     batch_size: int = Field(8, ge=1)
     crop: int | None = Field(None, ge=8, description="train on crops of this side (CropNonEmptyMaskIfExists)")
 
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        sides = (self.resize, self.resize) if isinstance(self.resize, int) else self.resize
+        if self.crop is not None and self.crop > min(sides):
+            raise ValueError(f"crop {self.crop} is larger than the resized image {self.resize}")
+        return self
+
     @field_validator("augment")
     @classmethod
     def _known_augment(cls, name: str) -> str:

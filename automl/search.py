@@ -52,6 +52,8 @@ class SearchOptions:
     fixed: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
     verbose: bool = False
+    sampler: str = "tpe"  # tpe | random
+    prune: bool = True  # ASHA; False runs every trial to max_epochs (FIFO)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def truthful_optuna_search(max_epochs: int, study_dir: Path, **kwargs):
             return params
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if "epoch" in result and trial_id not in self._completed_trials:
+            if "epoch" in result and not result.get("nonfinite") and trial_id not in self._completed_trials:
                 self._report(trial_id, result)
 
         def _report(self, trial_id: str, result: dict) -> None:
@@ -239,6 +241,8 @@ def check_options(options: SearchOptions) -> None:
         raise UserError(f"--subsample must be in (0, 1], got {options.subsample}", key="--subsample")
     if options.max_epochs is not None and options.max_epochs < 1:
         raise UserError(f"--max-epochs must be at least 1, got {options.max_epochs}", key="--max-epochs")
+    if options.sampler not in ("tpe", "random"):
+        raise UserError(f"--sampler must be tpe or random, got '{options.sampler}'", key="--sampler")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0", key="--cpus-per-trial")
 
@@ -308,10 +312,23 @@ def finished_trials(study) -> list:
             if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
 
 
+def make_sampler(name: str, seed: int, trials: int):
+    """Seeded TPE (multivariate: loss weights act together) that leaves random sampling after a third of a
+    small budget, rather than Optuna's fixed 10 startup trials; or plain random search."""
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, trials // 3)))
+
+
 def start_ray(options: SearchOptions) -> bool:
     """Start (or join) Ray; returns whether this call started it (and so must stop it)."""
     import ray
 
+    if not options.verbose:  # a failed trial is reported in one line; its traceback is in the trial folder
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -328,7 +345,7 @@ def start_ray(options: SearchOptions) -> bool:
 def run_search(options: SearchOptions, echo: Callable[[str], None] = print, console=None) -> dict:
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     run, space, settings, split = prepare(options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -347,10 +364,11 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
     try:
         searcher = truthful_optuna_search(
             fidelity.max_epochs, run.root, space=space.distributions(), metric="score", mode="max",
-            sampler=optuna.samplers.TPESampler(seed=options.seed + len(study.trials)), study_name=run.study,
-            storage=storage)
+            sampler=make_sampler(options.sampler, options.seed + len(study.trials), options.trials),
+            study_name=run.study, storage=storage)
         scheduler = ASHAScheduler(time_attr="epoch", metric="score", mode="max", max_t=fidelity.max_epochs,
-                                  grace_period=fidelity.grace_period, reduction_factor=fidelity.reduction_factor)
+                                  grace_period=fidelity.grace_period, reduction_factor=fidelity.reduction_factor
+                                  ) if options.prune else FIFOScheduler()
         context = TrialContext(run.study, str(run.root), settings.dataset, dict(space.fixed), fidelity.max_epochs,
                                tuple(split["train"]), tuple(split["val"]), options.wandb,
                                max(1, int(options.cpus_per_trial)))

@@ -1,0 +1,151 @@
+"""`automl search` on demo data with Ray (2 CPUs): the Optuna storage tells the truth, the best trial learns
+and re-trains to its score, seeds repeat, crashes and NaNs are recorded instead of crashing the search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from automl.config import parse_trial_config
+from automl.data.dataset import SegmentationDataset
+from automl.data.demo import write_demo
+from automl.errors import UserError
+from automl.search import SearchOptions, make_sampler, run_search, truthful_optuna_search
+from automl.space import load_space
+from automl.store import RunDir
+from trainables.data import TrainData
+from trainables.train import train
+
+MAX_EPOCHS = 6
+CHANCE_MIOU = 0.21  # all background: background IoU ~0.85 over 4 classes
+
+
+def load(root: Path, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{root / 'runs' / study / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("search")
+    dataset_yaml = write_demo(root / "data", "multiclass", n=32, size=64)
+    options = SearchOptions(space="hybrid_loss", data=dataset_yaml, study="demo", runs_dir=root / "runs", trials=8,
+                            max_epochs=MAX_EPOCHS, wandb="off", fixed={"model.encoder": "tu-test_resnet"})
+    lines: list[str] = []
+    run_search(options, echo=lines.append)
+    return root, options, load(root, "demo")
+
+
+def test_the_optuna_storage_tells_the_truth(searched):
+    root, _, study = searched
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"}
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, "ASHA stopped no trial"
+    for trial in pruned:  # stopped early, with the scores it had
+        assert trial.intermediate_values and max(trial.intermediate_values) < MAX_EPOCHS
+        assert trial.user_attrs["epochs"] == max(trial.intermediate_values)
+    for trial in study.trials:
+        if trial.state.name == "COMPLETE":
+            assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
+            assert trial.value == pytest.approx(max(trial.intermediate_values.values()))
+        assert Path(trial.user_attrs["trial_dir"]) == RunDir(root / "runs", "demo").trial_dir(trial.number)
+        assert trial.user_attrs["ray_trial_id"] and trial.user_attrs["wall_time_s"] > 0
+        assert (Path(trial.user_attrs["trial_dir"]) / "metrics.csv").exists()
+
+
+def test_best_trial_is_well_above_chance_and_retrains_to_its_score(searched):
+    root, options, study = searched
+    assert study.best_value > CHANCE_MIOU + 0.25, study.best_value
+    trial_dir = Path(study.best_trial.user_attrs["trial_dir"])
+    config = parse_trial_config(json.loads((trial_dir / "config.json").read_text()))
+    split = json.loads((root / "runs" / "demo" / "search_split.json").read_text())
+    dataset = SegmentationDataset.from_yaml(options.data)
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    data = TrainData(dataset, [position[i] for i in split["train"]], [position[i] for i in split["val"]])
+    again = train(config, data)
+    assert again.best_score == pytest.approx(study.best_value, abs=0.05)
+
+
+def test_search_split_holds_out_whole_groups(searched):
+    root, _, _ = searched
+    split = json.loads((root / "runs" / "demo" / "search_split.json").read_text())
+    groups = lambda ids: {i.split("/")[-1].split("_")[0] for i in ids}  # noqa: E731 - demo names: g007_0.png
+    assert split["val"] and split["train"] and not groups(split["val"]) & groups(split["train"])
+    assert len(split["train"]) < 32 - len(split["val"])  # the subsample: half of the training groups
+
+
+def test_status_prints_the_leaderboard(searched, run_cli):
+    root, _, study = searched
+    code, out, err = run_cli("status", "demo", "--runs-dir", root / "runs")
+    assert code == 0, err
+    assert "PRUNED" in out and f"best: trial {study.best_trial.number} mIoU {study.best_value:.4f}" in out
+
+
+def test_an_existing_study_is_not_overwritten(searched):
+    _, options, study = searched
+    with pytest.raises(UserError, match="pass --resume"):
+        run_search(options, echo=lambda line: None)
+    assert len(study.trials) == 8
+
+
+def first_configs(seed: int, n: int = 4) -> list[dict]:
+    space = load_space("hybrid_loss", median_side=64)
+    searcher = truthful_optuna_search(MAX_EPOCHS, Path("unused"), space=space.distributions(), metric="score",
+                                      mode="max", sampler=make_sampler("tpe", seed, trials=8), study_name="s")
+    return [searcher.suggest(f"trial{i}") for i in range(n)]
+
+
+def test_the_same_seed_samples_the_same_first_configs():
+    assert first_configs(3) == first_configs(3)
+    assert first_configs(3) != first_configs(4)
+
+
+def test_crashing_and_non_finite_trials_are_recorded_not_fatal(tmp_path, ray_session):
+    dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
+    cases = {"crash": {"model.arch": "pan"},  # PAN cannot run on 64-pixel inputs: the trial raises
+             "nan": {"optim.name": "sgd", "optim.lr": 1e15}}
+    for study, fixed in cases.items():
+        run_search(SearchOptions(data=dataset_yaml, study=study, runs_dir=tmp_path / "runs", trials=1,
+                                 max_epochs=2, wandb="offline", fixed={"model.encoder": "tu-test_resnet", **fixed}),
+                   echo=lambda line: None)
+    crash = load(tmp_path, "crash").trials[0]
+    assert crash.state.name == "FAIL" and "Output size is too small" in crash.user_attrs["error"]
+    nan = load(tmp_path, "nan").trials[0]
+    assert nan.state.name == "PRUNED" and "non-finite loss" in nan.user_attrs["nonfinite_loss"]
+    assert not nan.intermediate_values or np.isfinite(list(nan.intermediate_values.values())).all()
+    wandb_runs = list((tmp_path / "runs" / "nan" / "trials" / "0000" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1  # wandb offline by default: one run per trial, in the trial folder
+
+
+def test_dashboard_serves_the_study_on_localhost_only(searched):
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root, _, _ = searched
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "automl.cli", "dashboard", "demo", "--runs-dir", str(root / "runs"),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body, deadline = None, time.time() + 60
+        while body is None and time.time() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None and '"demo"' in body
+        if shutil.which("ss"):
+            listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+            assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

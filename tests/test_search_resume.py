@@ -1,0 +1,57 @@
+"""Kill a search driver with SIGKILL mid-way, resume it: finished trials are kept, the count reaches --trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+
+from automl.data.demo import write_demo
+
+TRIALS = 6
+
+
+def finished(storage: str) -> dict[int, tuple[str, float | None]]:
+    try:
+        study = optuna.load_study(study_name="r", storage=storage)
+    except Exception:
+        return {}
+    return {t.number: (t.state.name, t.value) for t in study.trials
+            if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("interrupted")}
+
+
+def search(dataset_yaml, runs, *extra) -> list[str]:
+    return [sys.executable, "-m", "automl.cli", "search", "--space", "hybrid_loss", "--data", str(dataset_yaml),
+            "--study", "r", "--runs-dir", str(runs), "--trials", str(TRIALS), "--max-epochs", "3", "--wandb", "off",
+            "--set", "model.encoder=tu-test_resnet", *extra]
+
+
+def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
+    runs = tmp_path / "runs"
+    storage = f"sqlite:///{runs / 'r' / 'optuna.db'}"
+    driver = subprocess.Popen(search(dataset_yaml, runs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while len(finished(storage)) < 2 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait()
+    before = finished(storage)
+    assert 2 <= len(before) < TRIALS, before
+
+    result = subprocess.run(search(dataset_yaml, runs, "--resume"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    after = finished(storage)
+    assert len(after) == TRIALS
+    assert all(after[number] == state for number, state in before.items())  # nothing earlier was lost
+    study = optuna.load_study(study_name="r", storage=storage)
+    interrupted = [t.number for t in study.trials if t.user_attrs.get("interrupted")]
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    assert set(interrupted) <= retried  # a trial the kill cut short ran again with the same parameters
+    assert "finished" in result.stdout
