@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -260,19 +261,20 @@ def prepare(options: SearchOptions) -> tuple[store.RunDir, SearchSpace, StudySet
     if options.resume and not run.exists():
         raise UserError(f"no study '{study}' to resume in {run.root.parent}", key="--resume",
                         fix="drop --resume to start it")
-    space = load_space(options.space, median_side(dataset), options.fixed)
-    fidelity = space.fidelity.model_copy(update={k: v for k, v in {
-        "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
-    space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period, fidelity.max_epochs)})
     if options.resume:
         settings = run.settings()
         if Path(settings.dataset) != Path(options.data).resolve():
             raise UserError(f"study '{study}' was made on {settings.dataset}", key="--data",
                             fix="resume with the same dataset.yaml")
-        space.fidelity = type(space.fidelity)(**settings.space["fidelity"])
+        space = SearchSpace.from_dict(settings.space)  # the saved space, fidelity and pins, not today's file
         split = store.read_json(run.search_split)
         settings = settings.model_copy(update={"trials": options.trials})
     else:
+        space = load_space(options.space, median_side(dataset), options.fixed)
+        fidelity = space.fidelity.model_copy(update={k: v for k, v in {
+            "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
+        space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,
+                                                                          fidelity.max_epochs)})
         run.root.mkdir(parents=True, exist_ok=True)
         settings = resolve_settings(options, run, space, spec.task)
         split = make_search_split(dataset, space.fidelity.subsample, options.val_fraction, options.seed)
@@ -307,6 +309,15 @@ def recover_interrupted(study, echo) -> int:
     return len(running)
 
 
+def stop_running_trials(study, reason: str) -> None:
+    """Trials the time budget cut short: PRUNED with the scores they reached (not retried on resume)."""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "stopped_by", reason)
+        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+
+
 def finished_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False)
             if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
@@ -332,6 +343,8 @@ def start_ray(options: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home: nothing leaves the machine
+    os.environ.setdefault("RAY_enable_metrics_collection", "0")  # fewer background cycles on small machines
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs = dict(include_dashboard=False, log_to_driver=options.verbose,
                   logging_level=logging.INFO if options.verbose else logging.ERROR)
@@ -351,6 +364,11 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(settings.storage)
     study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize", load_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([settings.metric])  # optuna-dashboard labels the objective
+    study.set_user_attr("dataset", settings.dataset)
+    study.set_user_attr("space", space.name)
     recover_interrupted(study, echo)
     done = len(finished_trials(study))
     remaining = options.trials - done
@@ -385,8 +403,11 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
             run_config=tune.RunConfig(name="ray", storage_path=str(run.root), verbose=0, callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
+        started = time.time()
         with progress:
             tuner.fit()
+        if options.time_budget and time.time() - started >= options.time_budget:
+            stop_running_trials(study, "time_budget")
     finally:
         if started_ray:
             import ray

@@ -88,6 +88,12 @@ class SearchSpace:
     def trial_config(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
         return TrialConfig(**unflatten({**self.fixed, **sampled, **(overrides or {})}))
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchSpace":
+        """The resolved space saved in study.yaml: a resumed study keeps exactly its distributions."""
+        return cls(data["name"], data["source"], {k: ParamSpec(**v) for k, v in data["params"].items()},
+                   dict(data["fixed"]), Fidelity(**data["fidelity"]), data.get("description", ""))
+
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "description": self.description,
                 "params": {k: v.model_dump(exclude_none=True) for k, v in self.params.items()},

@@ -1,0 +1,85 @@
+"""Overhead of `automl search` (Ray Tune + Optuna) over the same trainings in a plain loop in one process.
+
+    .venv/bin/python bench/search_overhead.py [--trials 6] [--epochs 6]
+
+Two commands, each timed from start to exit as a user would see them, one after the other:
+1. `automl search` runs N trials one at a time (no pruning, fixed epochs, 2 CPUs per trial);
+2. a plain Python process imports the same libraries and trains the same N sampled configs with
+   trainables.train on the same split, with the same thread count.
+The data cache is warm for both (the search builds it first and the plain loop reads it).
+The search pays a fixed start-up the loop does not (Ray starts and stops, ~4 s; each Ray worker imports
+torch and smp again, ~3 s): it weighs less the more trials run, so the ratio is given for N trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from automl.data.demo import write_demo
+
+PLAIN_LOOP = """
+import json, sys, torch
+from automl.config import parse_trial_config
+from automl.data.dataset import SegmentationDataset
+from trainables.data import TrainData
+from trainables.train import train
+dataset_yaml, split_file, *config_files = sys.argv[1:]
+torch.set_num_threads(2)
+split = json.load(open(split_file))
+dataset = SegmentationDataset.from_yaml(dataset_yaml)
+position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+data = TrainData(dataset, [position[i] for i in split["train"]], [position[i] for i in split["val"]])
+for path in config_files:
+    train(parse_trial_config(json.load(open(path))), data)
+"""
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--encoder", default="resnet18")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    try:
+        dataset_yaml = write_demo(work / "data", "multiclass", n=args.n, size=args.size)
+        searched = timed([str(Path(sys.executable).with_name("automl")), "search", "--space", "hybrid_loss",
+                          "--data", str(dataset_yaml), "--study", "overhead", "--runs-dir", str(work / "runs"),
+                          "--trials", str(args.trials), "--max-epochs", str(args.epochs), "--subsample", "1.0",
+                          "--no-prune", "--sampler", "random", "--max-concurrent", "1", "--cpus-per-trial", "2",
+                          "--wandb", "off", "--set", f"model.encoder={args.encoder}"])
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{work / 'runs/overhead/optuna.db'}")
+        configs = [str(Path(t.user_attrs["trial_dir"]) / "config.json") for t in study.trials]
+        split_file = work / "runs/overhead/search_split.json"
+        plain = timed([sys.executable, "-c", PLAIN_LOOP, str(dataset_yaml), str(split_file), *configs])
+        n_train = len(json.loads(split_file.read_text())["train"])
+        trial_seconds = sum(t.user_attrs["wall_time_s"] for t in study.trials) / len(configs)
+        print(f"{len(configs)} trials x {args.epochs} epochs, unet/{args.encoder}, {n_train} training images of "
+              f"{args.size}px, about {trial_seconds:.0f} s per trial")
+        print(f"automl search (Ray Tune + Optuna), whole command: {searched:7.1f} s")
+        print(f"plain loop in one process, whole command:          {plain:7.1f} s")
+        print(f"ratio search / plain: {searched / plain:.3f}  (goal <= 1.10)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
