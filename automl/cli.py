@@ -170,6 +170,49 @@ def dashboard_command_cli(
     serve_dashboard(runs_dir, study, port, echo=console.print)
 
 
+@app.command("promote")
+def promote_command(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    top: int = typer.Option(3, help="How many of the best COMPLETE trials."),
+    folds: int = typer.Option(5, help="Folds of the group K-fold (saved with the study, reused)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per fold (default: the search's max_epochs)."),
+    trials: Optional[str] = typer.Option(None, help="Promote these trial numbers instead, e.g. 3,7."),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per fold."),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per fold; fractions share a GPU."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Folds running at once."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster."),
+) -> None:
+    """Train the best trials on full data, every fold of a group K-fold; keep out-of-fold predictions."""
+    from automl.promote import PromoteOptions, run_promote
+
+    numbers = None
+    if trials:
+        try:
+            numbers = [int(part) for part in trials.split(",") if part.strip()]
+        except ValueError:
+            raise UserError(f"expected trial numbers like 3,7, got '{trials}'", key="--trials") from None
+    run_promote(PromoteOptions(study=study, runs_dir=runs_dir, top=top, folds=folds, epochs=epochs, trials=numbers,
+                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                               max_concurrent=max_concurrent, address=address), echo=console.print)
+
+
+@app.command("ensemble")
+def ensemble_command(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    max_size: int = typer.Option(10, help="At most this many members (with repetition)."),
+    bags: int = typer.Option(1, help="Bagged selections on random halves of the models, averaged."),
+    seed: int = typer.Option(0, help="Seed of the bagging."),
+) -> None:
+    """Greedy ensemble selection on the out-of-fold predictions; baselines; the worst images."""
+    from automl.ensemble import run_ensemble
+
+    if max_size < 1 or bags < 1:
+        raise UserError("--max-size and --bags must be at least 1", key="--max-size")
+    run_ensemble(runs_dir, study, max_size=max_size, bags=bags, seed=seed, echo=console.print)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

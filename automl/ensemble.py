@@ -1,0 +1,255 @@
+"""`automl ensemble`: greedy ensemble selection with replacement (Caruana et al., 2004) on out-of-fold
+probabilities, with baselines computed on the same OOF images.
+
+Everything streams over images in chunks read from the uint8 memmaps: only one chunk is ever float32, so
+memory does not grow with the number of images. Multiclass: weighted soft vote. Multilabel and binary:
+weighted mean of probabilities, then a threshold per class tuned on the OOF images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from automl import store
+from automl.config import load_dataset_spec
+from automl.data.cache import ResizeCache
+from automl.data.dataset import SegmentationDataset
+from automl.errors import UserError
+from automl.metrics import SegmentationMeter
+
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+CHUNK = 16
+
+
+@dataclass
+class Library:
+    """The promoted models' OOF probabilities (M memmaps, N x C x H x W uint8) and the labels they predict."""
+
+    names: list[str]
+    arrays: list[np.ndarray]
+    labels: Callable[[slice], np.ndarray]
+    ids: list[str]
+    task: str
+    num_outputs: int
+    ignore_index: int | None
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def chunks(self, chunk: int = CHUNK) -> Iterator[slice]:
+        for start in range(0, self.size, chunk):
+            yield slice(start, min(start + chunk, self.size))
+
+    def meter(self) -> SegmentationMeter:
+        return SegmentationMeter(self.task, self.num_outputs, self.ignore_index)
+
+    def target(self, rows: slice) -> torch.Tensor:
+        labels = self.labels(rows)
+        return torch.from_numpy(labels if self.task != "binary" else labels[:, None])
+
+    def mean(self, weights: np.ndarray, rows: slice) -> np.ndarray:
+        """Weighted mean probability of the members for these rows, as float32 in [0, 1]."""
+        total = np.zeros(self.arrays[0][rows].shape, np.float32)
+        for weight, array in zip(weights, self.arrays):
+            if weight:
+                total += weight * array[rows].astype(np.float32)
+        return total / (255.0 * weights.sum())
+
+
+def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> torch.Tensor:
+    if task == "multiclass":
+        return torch.from_numpy(probabilities.argmax(axis=1))
+    cut = 0.5 if thresholds is None else np.asarray(thresholds, np.float32)[None, :, None, None]
+    return torch.from_numpy(probabilities > cut)
+
+
+def score_weights(library: Library, weights: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+    meter = library.meter()
+    for rows in library.chunks():
+        meter.update_predictions(decide(library.mean(weights, rows), library.task, thresholds), library.target(rows))
+    return meter.compute()
+
+
+def single_scores(library: Library) -> np.ndarray:
+    meters = [library.meter() for _ in library.names]
+    for rows in library.chunks():
+        target = library.target(rows)
+        for meter, array in zip(meters, library.arrays):
+            meter.update_predictions(decide(array[rows].astype(np.float32) / 255, library.task), target)
+    return np.array([meter.compute() for meter in meters])
+
+
+def greedy_selection(library: Library, max_size: int, pool: list[int] | None = None,
+                     singles: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Counts per model: start from the best single model, add (with replacement) the member that most
+    improves the OOF score, stop when nothing improves or the ensemble has max_size members."""
+    pool = list(range(len(library.names))) if pool is None else pool
+    singles = single_scores(library) if singles is None else singles
+    first = max(pool, key=lambda m: singles[m])
+    counts = np.zeros(len(library.names))
+    counts[first] = 1
+    best = singles[first]
+    history = [{"added": library.names[first], "score": float(best)}]
+    while counts.sum() < max_size:
+        meters = {m: library.meter() for m in pool}
+        for rows in library.chunks():
+            target = library.target(rows)
+            current = library.mean(counts, rows) * counts.sum()
+            for m in pool:
+                candidate = (current + library.arrays[m][rows].astype(np.float32) / 255) / (counts.sum() + 1)
+                meters[m].update_predictions(decide(candidate, library.task), target)
+        scores = {m: meter.compute() for m, meter in meters.items()}
+        pick = max(pool, key=lambda m: (scores[m], -m))
+        if scores[pick] <= best + 1e-12:
+            break
+        counts[pick] += 1
+        best = scores[pick]
+        history.append({"added": library.names[pick], "score": float(best)})
+    return counts, history
+
+
+def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
+    """Per class, the threshold on the ensemble's mean probability that scores best on the OOF images."""
+    if library.task == "multiclass":
+        return None
+    meters = [library.meter() for _ in THRESHOLDS]
+    for rows in library.chunks():
+        probabilities, target = library.mean(weights, rows), library.target(rows)
+        for meter, threshold in zip(meters, THRESHOLDS):
+            meter.update_predictions(torch.from_numpy(probabilities > threshold), target)
+    per_class = np.stack([meter.per_class() for meter in meters])  # thresholds x classes
+    per_class = np.where(np.isnan(per_class), -1.0, per_class)
+    best = THRESHOLDS[per_class.argmax(axis=0)]
+    at_half = per_class[list(THRESHOLDS).index(0.5)]
+    return np.where(per_class.max(axis=0) > at_half, best, 0.5)  # keep 0.5 unless tuning helps
+
+
+def vote_score(library: Library, order: list[int], min_votes: int | None) -> float:
+    """Hard vote of the members' own decisions. min_votes=None: majority, ties to the better-ranked model;
+    otherwise a pixel (multiclass: its majority class) needs at least min_votes agreeing models."""
+    members = len(order)
+    tie_break = {m: 1 + 2.0 ** -(rank + 1) * 1e-3 for rank, m in enumerate(order)}  # best rank wins ties
+    meter = library.meter()
+    for rows in library.chunks():
+        decisions = {m: decide(library.arrays[m][rows].astype(np.float32) / 255, library.task).numpy() for m in order}
+        if library.task == "multiclass":
+            votes = np.zeros((len(decisions[order[0]]), library.num_outputs, *decisions[order[0]].shape[1:]))
+            plain = np.zeros_like(votes)
+            for m in order:
+                one_hot = np.eye(library.num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
+                votes += tie_break[m] * one_hot
+                plain += one_hot
+            label = votes.argmax(axis=1)
+            if min_votes is not None:
+                label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
+            predicted = torch.from_numpy(label)
+        else:
+            weighted = sum(tie_break[m] * decisions[m] for m in order)
+            count = sum(decisions[m].astype(np.int32) for m in order)
+            predicted = torch.from_numpy(count >= min_votes if min_votes is not None else weighted > members / 2)
+        meter.update_predictions(predicted, library.target(rows))
+    return meter.compute()
+
+
+def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    scores = []
+    for rows in library.chunks():
+        predicted, target = decide(library.mean(weights, rows), library.task, thresholds), library.target(rows)
+        for i in range(len(predicted)):
+            meter = library.meter()
+            meter.update_predictions(predicted[i:i + 1], target[i:i + 1])
+            values = meter.per_class()
+            scores.append(float(np.nanmean(values)) if np.isfinite(values).any() else 1.0)
+    return np.array(scores)
+
+
+def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
+    from automl.promote import PromotedPaths
+
+    run = store.RunDir(runs_dir, study)
+    settings = run.settings()
+    paths = PromotedPaths(run.root)
+    if not paths.plan.exists():
+        raise UserError(f"study '{study}' has no promoted models", key="STUDY",
+                        fix=f"run `automl promote {study}` first")
+    plan = store.read_json(paths.plan)
+    names = [m for m in plan["models"] if paths.oof(m)[0].exists()]
+    if not names:
+        raise UserError("no promoted model has all its folds done", key="STUDY",
+                        fix=f"rerun `automl promote {study}`: it trains the missing folds")
+    indexes = [store.read_json(paths.oof(m)[1]) for m in names]
+    ids = indexes[0]["ids"]
+    if any(index["ids"] != ids for index in indexes):
+        raise UserError("the OOF files of the promoted models cover different images", key="oof",
+                        fix="rerun `automl promote` so every model uses the saved folds")
+    dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
+    spec = dataset.spec
+    cache = ResizeCache(dataset, tuple(plan["eval_size"]))
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    rows_to_index = [position[i] for i in ids]
+    cache.ensure(rows_to_index)
+
+    def labels(rows: slice) -> np.ndarray:
+        return np.stack([np.asarray(cache[rows_to_index[r]].mask) for r in range(rows.start, rows.stop)])
+
+    library = Library(names, [np.load(paths.oof(m)[0], mmap_mode="r") for m in names], labels, ids, spec.task,
+                      spec.num_outputs, spec.effective_ignore_index)
+    return library, plan
+
+
+def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int = 1, seed: int = 0,
+                 echo: Callable[[str], None] = print) -> dict:
+    library, plan = load_library(runs_dir, study)
+    run = store.RunDir(runs_dir, study)
+    singles = single_scores(library)
+    order = list(np.argsort(-singles, kind="stable"))
+    counts = np.zeros(len(library.names))
+    history: list[dict] = []
+    rng = np.random.default_rng(seed)
+    for bag in range(bags):
+        pool = order if bags == 1 else sorted(rng.choice(order, max(1, len(order) // 2), replace=False).tolist())
+        bag_counts, bag_history = greedy_selection(library, max_size, pool, singles)
+        counts += bag_counts / bag_counts.sum()
+        history += [{"bag": bag, **step} for step in bag_history]
+    weights = counts / counts.sum()
+    thresholds = tune_thresholds(library, weights)
+    score = score_weights(library, weights, thresholds)
+    uniform = score_weights(library, np.ones(len(library.names)))
+    hard_vote = vote_score(library, order, None)
+    vote_70 = vote_score(library, order, max(1, int(0.7 * len(order))))
+    per_image = per_image_scores(library, weights, thresholds)
+    table = pd.DataFrame({"id": library.ids, "score": per_image}).sort_values("score", kind="stable")
+    with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    members = [i for i in range(len(library.names)) if weights[i] > 0]
+    result = {
+        "members": [library.names[i] for i in members],
+        "weights": [float(weights[i]) for i in members],
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "score": float(score),
+        "best_single": float(singles.max()),
+        "best_single_model": library.names[int(singles.argmax())],
+        "uniform": float(uniform),
+        "hard_vote": float(hard_vote),
+        "vote_70": float(vote_70),
+        "single_scores": dict(zip(library.names, map(float, singles))),
+        "metric": plan["metric"], "task": library.task, "eval_size": plan["eval_size"],
+        "max_size": max_size, "bags": bags, "history": history,
+        "per_image_csv": str(run.root / "ensemble_per_image.csv"),
+    }
+    store.write_json(run.root / "ensemble.json", result)
+    echo(f"ensemble of {len(members)} models ({', '.join(f'{library.names[i]} x{weights[i]:.2f}' for i in members)}): "
+         f"OOF {plan['metric']} {score:.4f}; best single {singles.max():.4f}, uniform {uniform:.4f}, "
+         f"hard vote {hard_vote:.4f}, 70% vote {vote_70:.4f}")
+    echo("lowest out-of-fold scores (label noise or hard images):")
+    for row in table.head(10).itertuples():
+        echo(f"  {row.score:.4f}  {row.id}")
+    echo(f"all images: {run.root / 'ensemble_per_image.csv'}")
+    return result

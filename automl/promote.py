@@ -1,0 +1,246 @@
+"""`automl promote`: the best trials trained on full data, every fold of a group K-fold, as Ray Tune trials.
+
+Each (model, fold) job trains on the other folds, keeps its best checkpoint and writes the probabilities
+of its validation images (x255, uint8, at one eval resolution shared by all models). When all folds of a
+model are done they are assembled into oof/<model>.npy (memory-mapped, one row per training image) and
+oof/<model>.json (the image ids, folds and resolution). A fold with done.json is never trained again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from automl import store
+from automl.config import load_dataset_spec
+from automl.data.dataset import SegmentationDataset
+from automl.data.splits import Splits, make_kfold_splits, strata
+from automl.data.stats import label_stats
+from automl.errors import UserError
+
+
+def model_name(trial_number: int) -> str:
+    return f"trial{trial_number:04d}"
+
+
+@dataclass
+class PromoteOptions:
+    study: str
+    runs_dir: Path = Path("runs")
+    top: int = 3
+    folds: int = 5
+    epochs: int | None = None
+    trials: list[int] | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class FoldContext:
+    study_dir: str
+    dataset: str
+    configs: dict[str, dict]  # model name -> TrialConfig as JSON
+    splits: dict[str, Any]  # Splits as a dict
+    eval_size: tuple[int, int]
+    threads: int
+
+
+class PromotedPaths:
+    def __init__(self, study_dir: str | Path):
+        self.root = Path(study_dir)
+
+    def fold_dir(self, model: str, fold: int) -> Path:
+        return self.root / "promoted" / model / f"fold{fold}"
+
+    def is_done(self, model: str, fold: int) -> bool:
+        return (self.fold_dir(model, fold) / "done.json").exists()
+
+    def oof(self, model: str) -> tuple[Path, Path]:
+        return self.root / "oof" / f"{model}.npy", self.root / "oof" / f"{model}.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "promote.json"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.json"
+
+
+# ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
+
+def run_fold(config: dict[str, Any], context: FoldContext) -> None:
+    import torch
+    from ray import tune
+
+    from automl.config import TrialConfig
+    from automl.data.cache import ResizeCache
+    from trainables.data import TrainData
+    from trainables.infer import predict_probabilities, to_uint8
+    from trainables.train import build_model, load_checkpoint, pick_device, train
+
+    torch.set_num_threads(max(1, context.threads))
+    model, fold = config["job"]["model"], int(config["job"]["fold"])
+    paths = PromotedPaths(context.study_dir)
+    out = paths.fold_dir(model, fold)
+    trial_config = TrialConfig(**context.configs[model])
+    splits = Splits(**context.splits)
+    dataset = SegmentationDataset(load_dataset_spec(context.dataset))
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    val_ids = splits.validation(fold)
+    data = TrainData(dataset, [position[i] for i in splits.training(fold)], [position[i] for i in val_ids])
+    result = train(trial_config, data, lambda epoch, m: tune.report({"score": m["score"], "epoch": epoch}),
+                   out_dir=out)
+    device = pick_device()
+    network = load_checkpoint(build_model(trial_config, dataset.spec.num_outputs), out / "best.pt").to(device)
+    cache = ResizeCache(dataset, trial_config.data.resize)
+    images = np.stack([np.asarray(cache[position[i]].image) for i in val_ids])
+    probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size)
+    store.save_npy(out / "oof.npy", to_uint8(probabilities))
+    store.write_json(out / "done.json", {"model": model, "fold": fold, "ids": val_ids, "score": result.best_score,
+                                         "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+
+
+# ---------------------------------------------------------------- the driver
+
+def choose_trials(study, top: int, named: list[int] | None) -> list:
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if named:
+        by_number = {t.number: t for t in complete}
+        missing = [n for n in named if n not in by_number]
+        if missing:
+            raise UserError(f"trials {missing} are not COMPLETE in this study", key="--trials",
+                            fix="pick numbers from `automl status`")
+        return [by_number[n] for n in named]
+    if not complete:
+        raise UserError("the study has no COMPLETE trial to promote", key="STUDY",
+                        fix="run more trials (`automl search --resume`) or pass --no-prune")
+    return sorted(complete, key=lambda t: -t.value)[:top]
+
+
+def eval_size_of(configs: dict[str, dict]) -> tuple[int, int]:
+    sides = []
+    for config in configs.values():
+        size = config.get("data", {}).get("resize", 256)
+        sides.append((size, size) if isinstance(size, int) else tuple(size))
+    return max(sides)
+
+
+def folds_for(dataset: SegmentationDataset, paths: PromotedPaths, n_folds: int, seed: int) -> Splits:
+    """The study's group K-fold: made once (StratifiedGroupKFold where it applies), then reused."""
+    if paths.folds.exists():
+        splits = Splits.load(paths.folds, dataset.ids)
+        if splits.n_folds != n_folds:
+            raise UserError(f"this study was promoted with {splits.n_folds} folds", key="--folds",
+                            fix=f"pass --folds {splits.n_folds}, or use a new study")
+        return splits
+    stats = label_stats(dataset)
+    splits = make_kfold_splits(dataset.ids, dataset.groups, strata(stats.pixels, dataset.spec.task), n_folds, seed)
+    splits.save(paths.folds)
+    return splits
+
+
+def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tuple[int, int], num_outputs: int
+                 ) -> Path:
+    """oof/<model>.npy: one row per image (in the dataset's order), written atomically."""
+    npy, index = paths.oof(model)
+    row = {image_id: i for i, image_id in enumerate(splits.ids)}
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    with store.atomic_path(npy) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                          shape=(len(splits.ids), num_outputs, *eval_size))
+        filled = np.zeros(len(splits.ids), bool)
+        for fold in range(splits.n_folds):
+            done = store.read_json(paths.fold_dir(model, fold) / "done.json")
+            probabilities = np.load(paths.fold_dir(model, fold) / "oof.npy", mmap_mode="r")
+            for image_id, probs in zip(done["ids"], probabilities):
+                array[row[image_id]] = probs
+                filled[row[image_id]] = True
+        array.flush()
+        del array
+        if not filled.all():
+            raise RuntimeError(f"{(~filled).sum()} images of {model} have no out-of-fold prediction")
+    store.write_json(index, {"model": model, "ids": splits.ids, "fold": splits.fold, "eval_size": list(eval_size)})
+    return npy
+
+
+def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) -> dict:
+    import optuna
+    from ray import tune
+
+    from automl.search import SearchOptions, open_storage, start_ray
+
+    run = store.RunDir(options.runs_dir, options.study)
+    settings = run.settings()
+    if options.folds < 2:
+        raise UserError(f"need at least 2 folds, got {options.folds}", key="--folds")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=options.study, storage=open_storage(settings.storage))
+    chosen = choose_trials(study, options.top, options.trials)
+    dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
+    paths = PromotedPaths(run.root)
+    splits = folds_for(dataset, paths, options.folds, settings.seed)
+    epochs = options.epochs or int(settings.space["fidelity"]["max_epochs"])
+    configs = {}
+    for trial in chosen:
+        config = store.read_json(Path(trial.user_attrs["trial_dir"]) / "config.json")
+        config["train"] = {**config.get("train", {}), "epochs": epochs}
+        configs[model_name(trial.number)] = config
+    plan = store.read_json(paths.plan) if paths.plan.exists() else {"models": {}}
+    eval_size = tuple(plan.get("eval_size") or eval_size_of(configs))
+    for name, trial in zip(configs, chosen):
+        plan["models"][name] = {"trial": trial.number, "search_score": trial.value, "config": configs[name]}
+    plan.update({"folds": splits.n_folds, "eval_size": list(eval_size), "metric": settings.metric,
+                 "task": settings.task})
+    store.write_json(paths.plan, plan)
+    jobs = [{"model": m, "fold": k} for m in configs for k in range(splits.n_folds) if not paths.is_done(m, k)]
+    skipped = len(configs) * splits.n_folds - len(jobs)
+    echo(f"promoting {', '.join(configs)} x {splits.n_folds} folds ({splits.method}), {epochs} epochs, "
+         f"{len(dataset)} images; {skipped} folds already done, {len(jobs)} to train")
+    if jobs:
+        from automl.data.cache import ResizeCache
+
+        for size in {tuple(c["data"]["resize"]) if isinstance(c["data"]["resize"], list) else c["data"]["resize"]
+                     for c in configs.values()}:
+            ResizeCache(dataset, size).ensure()
+        started_ray = start_ray(SearchOptions(address=options.address, verbose=options.verbose))
+        try:
+            context = FoldContext(str(run.root), settings.dataset, configs, splits.__dict__, eval_size,
+                                  max(1, int(options.cpus_per_trial)))
+            trainable = tune.with_resources(tune.with_parameters(run_fold, context=context),
+                                            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+            tuner = tune.Tuner(trainable, param_space={"job": tune.grid_search(jobs)},
+                               tune_config=tune.TuneConfig(num_samples=1,
+                                                           max_concurrent_trials=options.max_concurrent),
+                               run_config=tune.RunConfig(name=f"promote-{int(time.time())}",
+                                                         storage_path=str(run.root / "ray"), verbose=0))
+            tuner.fit()
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    return summarize(paths, configs, splits, eval_size, dataset.spec.num_outputs, echo)
+
+
+def summarize(paths: PromotedPaths, configs: dict, splits: Splits, eval_size, num_outputs: int, echo) -> dict:
+    summary = {}
+    for model in configs:
+        scores = [store.read_json(paths.fold_dir(model, k) / "done.json")["score"]
+                  for k in range(splits.n_folds) if paths.is_done(model, k)]
+        if len(scores) == splits.n_folds:
+            assemble_oof(paths, model, splits, eval_size, num_outputs)
+        summary[model] = {"fold_scores": scores, "mean": float(np.mean(scores)) if scores else None}
+        shown = " ".join(f"{s:.4f}" for s in scores)
+        state = "" if len(scores) == splits.n_folds else f" ({splits.n_folds - len(scores)} folds failed or missing)"
+        echo(f"{model}: folds {shown}  mean {summary[model]['mean'] or 0:.4f}{state}")
+    return summary

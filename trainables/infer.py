@@ -1,0 +1,33 @@
+"""Probabilities from a trained model: the activation of the task, on batches of cached uint8 images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.train import Normalizer
+
+
+def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, task: str, device: torch.device,
+                          out_size: tuple[int, int] | None = None, batch_size: int = 8) -> np.ndarray:
+    """N x H x W x 3 uint8 images -> N x C x h x w float32 probabilities (resized to out_size if given)."""
+    model.eval()
+    normalize = Normalizer(device, channels_last=device.type == "cuda")
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
+        probs = activate(model(normalize(batch)).float(), task)
+        if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
+            probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
+        chunks.append(probs.cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def to_uint8(probabilities: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(probabilities * 255), 0, 255).astype(np.uint8)
