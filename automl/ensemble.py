@@ -1,8 +1,9 @@
 """`automl ensemble`: greedy ensemble selection with replacement (Caruana et al., 2004) on out-of-fold
 probabilities, with baselines computed on the same OOF images.
 
-Everything streams over images in chunks read from the uint8 memmaps: only one chunk is ever float32, so
-memory does not grow with the number of images. Multiclass: weighted soft vote. Multilabel and binary:
+Everything streams over images in chunks read from the uint8 .npy files (plain reads, not memmaps, so
+read pages do not stay resident): only one chunk is ever float32, and memory does not grow with the
+number of images. Multiclass: weighted soft vote. Multilabel and binary:
 weighted mean of probabilities, then a threshold per class tuned on the OOF images.
 """
 
@@ -29,7 +30,8 @@ CHUNK = 16
 
 @dataclass
 class Library:
-    """The promoted models' OOF probabilities (M memmaps, N x C x H x W uint8) and the labels they predict."""
+    """The promoted models' OOF probabilities (M arrays of N x C x H x W uint8, read a chunk of rows at a
+    time) and the labels they predict."""
 
     names: list[str]
     arrays: list[np.ndarray]
@@ -134,7 +136,6 @@ def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
 def vote_score(library: Library, order: list[int], min_votes: int | None) -> float:
     """Hard vote of the members' own decisions. min_votes=None: majority, ties to the better-ranked model;
     otherwise a pixel (multiclass: its majority class) needs at least min_votes agreeing models."""
-    members = len(order)
     tie_break = {m: 1 + 2.0 ** -(rank + 1) * 1e-3 for rank, m in enumerate(order)}  # best rank wins ties
     meter = library.meter()
     for rows in library.chunks():
@@ -151,9 +152,10 @@ def vote_score(library: Library, order: list[int], min_votes: int | None) -> flo
                 label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
             predicted = torch.from_numpy(label)
         else:
-            weighted = sum(tie_break[m] * decisions[m] for m in order)
+            yes = sum(tie_break[m] * decisions[m] for m in order)
+            no = sum(tie_break[m] * ~decisions[m] for m in order)
             count = sum(decisions[m].astype(np.int32) for m in order)
-            predicted = torch.from_numpy(count >= min_votes if min_votes is not None else weighted > members / 2)
+            predicted = torch.from_numpy(count >= min_votes if min_votes is not None else yes > no)
         meter.update_predictions(predicted, library.target(rows))
     return meter.compute()
 
@@ -199,7 +201,7 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
     def labels(rows: slice) -> np.ndarray:
         return np.stack([np.asarray(cache[rows_to_index[r]].mask) for r in range(rows.start, rows.stop)])
 
-    library = Library(names, [np.load(paths.oof(m)[0], mmap_mode="r") for m in names], labels, ids, spec.task,
+    library = Library(names, [store.NpyRows(paths.oof(m)[0]) for m in names], labels, ids, spec.task,
                       spec.num_outputs, spec.effective_ignore_index)
     return library, plan
 

@@ -85,3 +85,35 @@ class RunDir:
             raise UserError(f"no study '{self.study}' in {self.root.parent}", key="STUDY",
                             fix="run `automl search --study NAME ...` first, or pass --runs-dir")
         return StudySettings(**read_yaml(self.settings_file, "study settings"))
+
+
+class NpyRows:
+    """Rows of a large .npy file read on demand with plain file reads.
+
+    Unlike a memmap, the pages read do not stay mapped into the process, so resident memory stays at the
+    size of one chunk however many rows are streamed.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_size = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("NpyRows reads contiguous rows only")
+        count = max(0, stop - start) * self.row_size
+        data = np.fromfile(self.path, dtype=self.dtype, count=count,
+                           offset=self.offset + start * self.row_size * self.dtype.itemsize)
+        return data.reshape(-1, *self.shape[1:])

@@ -1,0 +1,107 @@
+"""`automl promote` + `automl ensemble` on demo data: a promote killed mid-way resumes without retraining
+finished folds; every image gets exactly one out-of-fold prediction per model; no group spans two folds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from automl.data.dataset import SegmentationDataset
+from automl.data.demo import write_demo
+from automl.ensemble import run_ensemble
+from automl.promote import PromoteOptions, run_promote
+from automl.search import SearchOptions, run_search
+
+FOLDS = 3
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("promote")
+    dataset_yaml = write_demo(root / "data", "multilabel", n=24, size=64)
+    runs = root / "runs"
+    run_search(SearchOptions(data=dataset_yaml, study="p", runs_dir=runs, trials=3, max_epochs=2, prune=False,
+                             subsample=1.0, wandb="off", fixed={"model.encoder": "tu-test_resnet"}),
+               echo=lambda line: None)
+    command = [sys.executable, "-m", "automl.cli", "promote", "p", "--runs-dir", str(runs), "--top", "2",
+               "--folds", str(FOLDS), "--epochs", "2"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(runs.glob("p/promoted/*/fold*/done.json")) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.3)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done_before = {path.parent: (digest(path), digest(path.parent / "best.pt"))
+                   for path in runs.glob("p/promoted/*/fold*/done.json")}
+    lines: list[str] = []
+    run_promote(PromoteOptions(study="p", runs_dir=runs, top=2, folds=FOLDS, epochs=2), echo=lines.append)
+    result = run_ensemble(runs, "p", echo=lines.append)
+    return {"root": root, "runs": runs, "dataset": SegmentationDataset.from_yaml(dataset_yaml),
+            "done_before": done_before, "lines": lines, "ensemble": result}
+
+
+def test_a_killed_promote_resumes_and_skips_finished_folds(promoted):
+    done_before = promoted["done_before"]
+    assert 1 <= len(done_before) < 2 * FOLDS, "the kill should land between the first and the last fold"
+    assert f"{len(done_before)} folds already done, {2 * FOLDS - len(done_before)} to train" in promoted["lines"][0]
+    for fold_dir, (done, weights) in done_before.items():  # untouched by the rerun
+        assert digest(fold_dir / "done.json") == done and digest(fold_dir / "best.pt") == weights
+
+
+def test_every_image_has_exactly_one_oof_prediction_per_model(promoted):
+    runs, dataset = promoted["runs"], promoted["dataset"]
+    models = sorted(json.loads((runs / "p" / "promote.json").read_text())["models"])
+    assert len(models) == 2
+    for model in models:
+        seen = []
+        for fold in range(FOLDS):
+            seen += json.loads((runs / "p" / "promoted" / model / f"fold{fold}" / "done.json").read_text())["ids"]
+        assert sorted(seen) == sorted(dataset.ids)  # each image validated once, by the fold that did not train on it
+        index = json.loads((runs / "p" / "oof" / f"{model}.json").read_text())
+        oof = np.load(runs / "p" / "oof" / f"{model}.npy", mmap_mode="r")
+        assert index["ids"] == dataset.ids and oof.shape == (len(dataset), 3, 64, 64) and oof.dtype == np.uint8
+        assert oof.reshape(len(dataset), -1).max(axis=1).min() > 0  # no row left unwritten
+
+
+def test_no_group_spans_two_folds(promoted):
+    folds = json.loads((promoted["runs"] / "p" / "folds.json").read_text())
+    fold_of_group = {}
+    for group, fold in zip(folds["groups"], folds["fold"]):
+        assert fold_of_group.setdefault(group, fold) == fold
+    assert sorted(set(folds["fold"])) == list(range(FOLDS))
+
+
+def test_ensemble_json_beats_or_equals_the_best_single_model(promoted):
+    result = promoted["ensemble"]
+    for key in ("members", "weights", "thresholds", "score", "best_single", "uniform", "hard_vote", "vote_70"):
+        assert key in result
+    assert result["score"] >= result["best_single"]
+    assert sum(result["weights"]) == pytest.approx(1.0) and len(result["thresholds"]) == 3
+    saved = json.loads((promoted["runs"] / "p" / "ensemble.json").read_text())
+    assert saved["score"] == result["score"]
+    per_image = pd.read_csv(promoted["runs"] / "p" / "ensemble_per_image.csv")
+    assert len(per_image) == len(promoted["dataset"]) and per_image["score"].is_monotonic_increasing
+    assert any(line.startswith("lowest out-of-fold scores") for line in promoted["lines"])
+
+
+def test_a_rerun_trains_nothing_and_leaves_the_oof_intact(promoted):
+    runs = promoted["runs"]
+    before = {path.name: digest(path) for path in (runs / "p" / "oof").glob("*.npy")}
+    lines: list[str] = []
+    run_promote(PromoteOptions(study="p", runs_dir=runs, top=2, folds=FOLDS, epochs=2), echo=lines.append)
+    assert f"{2 * FOLDS} folds already done, 0 to train" in lines[0]
+    assert {path.name: digest(path) for path in (runs / "p" / "oof").glob("*.npy")} == before
