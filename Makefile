@@ -26,6 +26,9 @@ demo: $(STAMP)
 	$(BIN)/automl debug --data $(DEMO)/data/dataset.yaml
 	$(BIN)/automl search --space hybrid_loss --data $(DEMO)/data/dataset.yaml --study demo --runs-dir $(DEMO)/runs \
 		--trials 8 --max-epochs 8 --subsample 1.0 --set model.encoder=tu-test_resnet
+	$(BIN)/automl promote demo --runs-dir $(DEMO)/runs --top 2 --folds 3 --epochs 8
+	$(BIN)/automl ensemble demo --runs-dir $(DEMO)/runs
+	@echo "review the study: $(BIN)/automl dashboard demo --runs-dir $(DEMO)/runs  (http://127.0.0.1:8080)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -35,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/search_overhead.py
 	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/ensemble_memory.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache

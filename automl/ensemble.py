@@ -194,7 +194,7 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
     dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
     spec = dataset.spec
     cache = ResizeCache(dataset, tuple(plan["eval_size"]))
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    position = dataset.index_of
     rows_to_index = [position[i] for i in ids]
     cache.ensure(rows_to_index)
 

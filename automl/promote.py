@@ -93,9 +93,9 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     trial_config = TrialConfig(**context.configs[model])
     splits = Splits(**context.splits)
     dataset = SegmentationDataset(load_dataset_spec(context.dataset))
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    position = dataset.index_of
     val_ids = splits.validation(fold)
-    data = TrainData(dataset, [position[i] for i in splits.training(fold)], [position[i] for i in val_ids])
+    data = TrainData.from_ids(dataset, splits.training(fold), val_ids)
     result = train(trial_config, data, lambda epoch, m: tune.report({"score": m["score"], "epoch": epoch}),
                    out_dir=out)
     device = pick_device()

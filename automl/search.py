@@ -95,8 +95,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     try:
         trial_config = TrialConfig(**unflatten(flat))
         dataset = SegmentationDataset(load_dataset_spec(context.dataset))
-        position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-        data = TrainData(dataset, [position[i] for i in context.train_ids], [position[i] for i in context.val_ids])
+        data = TrainData.from_ids(dataset, context.train_ids, context.val_ids)
 
         def report(epoch: int, metrics: dict) -> None:
             best["score"] = max(best["score"], metrics["score"])
@@ -289,7 +288,7 @@ def prebuild_cache(dataset: SegmentationDataset, space: SearchSpace, split: dict
     from automl.data.cache import ResizeCache
 
     sizes = space.params["data.resize"].choices if "data.resize" in space.params else [space.fixed.get("data.resize", 256)]
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    position = dataset.index_of
     indices = [position[i] for i in split["train"] + split["val"]]
     for size in sizes:
         ResizeCache(dataset, size).ensure(indices)

@@ -36,8 +36,7 @@ dataset_yaml, split_file, *config_files = sys.argv[1:]
 torch.set_num_threads(2)
 split = json.load(open(split_file))
 dataset = SegmentationDataset.from_yaml(dataset_yaml)
-position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-data = TrainData(dataset, [position[i] for i in split["train"]], [position[i] for i in split["val"]])
+data = TrainData.from_ids(dataset, split["train"], split["val"])
 for path in config_files:
     train(parse_trial_config(json.load(open(path))), data)
 """

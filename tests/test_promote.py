@@ -105,3 +105,15 @@ def test_a_rerun_trains_nothing_and_leaves_the_oof_intact(promoted):
     run_promote(PromoteOptions(study="p", runs_dir=runs, top=2, folds=FOLDS, epochs=2), echo=lines.append)
     assert f"{2 * FOLDS} folds already done, 0 to train" in lines[0]
     assert {path.name: digest(path) for path in (runs / "p" / "oof").glob("*.npy")} == before
+
+
+def test_promote_and_ensemble_explain_what_is_missing(run_cli, promoted, tmp_path):
+    runs = promoted["runs"]
+    code, _, err = run_cli("ensemble", "nope", "--runs-dir", runs)
+    assert code == 2 and "no study 'nope'" in err
+    code, _, err = run_cli("promote", "p", "--runs-dir", runs, "--trials", "99")
+    assert code == 2 and "trials [99] are not COMPLETE" in err
+    code, _, err = run_cli("promote", "p", "--runs-dir", runs, "--folds", "4")
+    assert code == 2 and "promoted with 3 folds" in err
+    code, _, err = run_cli("promote", "p", "--runs-dir", runs, "--trials", "x")
+    assert code == 2 and "expected trial numbers" in err

@@ -64,8 +64,7 @@ def test_best_trial_is_well_above_chance_and_retrains_to_its_score(searched):
     config = parse_trial_config(json.loads((trial_dir / "config.json").read_text()))
     split = json.loads((root / "runs" / "demo" / "search_split.json").read_text())
     dataset = SegmentationDataset.from_yaml(options.data)
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-    data = TrainData(dataset, [position[i] for i in split["train"]], [position[i] for i in split["val"]])
+    data = TrainData.from_ids(dataset, split["train"], split["val"])
     again = train(config, data)
     assert again.best_score == pytest.approx(study.best_value, abs=0.05)
 

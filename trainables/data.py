@@ -24,6 +24,12 @@ class TrainData:
     val_indices: list[int]
 
     @classmethod
+    def from_ids(cls, dataset: SegmentationDataset, train_ids, val_ids) -> "TrainData":
+        """A split saved as image ids (search_split.json, folds.json) on the dataset as it is read today."""
+        position = dataset.index_of
+        return cls(dataset, [position[i] for i in train_ids], [position[i] for i in val_ids])
+
+    @classmethod
     def holdout_split(cls, dataset: SegmentationDataset, size, val_fraction: float = 0.2, seed: int = 0
                       ) -> "TrainData":
         """A seeded group holdout, stratified by the classes each image holds (read from the cache)."""

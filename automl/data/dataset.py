@@ -42,6 +42,11 @@ class SegmentationDataset:
         return [r.id for r in self.records]
 
     @property
+    def index_of(self) -> dict[str, int]:
+        """Image id -> its index in `records`."""
+        return {record.id: i for i, record in enumerate(self.records)}
+
+    @property
     def groups(self) -> list[str]:
         return [r.group for r in self.records]
 
