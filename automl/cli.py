@@ -213,6 +213,32 @@ def ensemble_command(
     run_ensemble(runs_dir, study, max_size=max_size, bags=bags, seed=seed, echo=console.print)
 
 
+@app.command("predict")
+def predict_command(
+    study: str = typer.Argument(..., help="The study name."),
+    images: str = typer.Option(..., help="A folder of images or a glob."),
+    out: Path = typer.Option(..., help="The submission: a file (rle_csv, coco) or a folder (png, polygon_json)."),
+    format: str = typer.Option("rle_csv", help="rle_csv | coco | png | polygon_json."),
+    tta: str = typer.Option("none", help="none | flip | flip+scale."),
+    scales: str = typer.Option("0.75,1,1.25,1.5", help="Scales of flip+scale."),
+    batch: int = typer.Option(8, help="Images per batch."),
+    model: Optional[str] = typer.Option(None, help="One promoted model (e.g. trial0003) instead of the ensemble."),
+    evaluate: Optional[Path] = typer.Option(None, help="A dataset.yaml whose labels score the predictions."),
+    single_polygon: bool = typer.Option(False, help="polygon_json: only the largest polygon per class."),
+    rle_order: str = typer.Option("row", help="rle_csv pixel order: row (left-right, then down) or column."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+) -> None:
+    """Predict with the ensemble's fold checkpoints and TTA; write a submission."""
+    from automl.predict import run_predict
+
+    try:
+        scale_values = tuple(float(v) for v in scales.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"expected numbers like 0.75,1,1.25, got '{scales}'", key="--scales") from None
+    run_predict(runs_dir, study, images, out, format=format, tta=tta, scales=scale_values, batch=batch, model=model,
+                evaluate=evaluate, single_polygon=single_polygon, rle_order=rle_order, echo=console.print)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -23,6 +23,7 @@ from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
 from automl.errors import UserError
 from automl.metrics import SegmentationMeter
+from automl.postprocess import OPERATIONS, apply_plan, candidate_classes
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 CHUNK = 16
@@ -63,6 +64,32 @@ class Library:
             if weight:
                 total += weight * array[rows].astype(np.float32)
         return total / (255.0 * weights.sum())
+
+
+def plan_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None
+                ) -> tuple[float, np.ndarray]:
+    """The ensemble's OOF score and per-class scores with a postprocessing plan applied image by image."""
+    meter = library.meter()
+    for rows in library.chunks():
+        predicted = decide(library.mean(weights, rows), library.task, thresholds).numpy()
+        if plan:
+            predicted = np.stack([apply_plan(mask, library.task, plan) for mask in predicted])
+        meter.update_predictions(torch.from_numpy(predicted), library.target(rows))
+    return meter.compute(), meter.per_class()
+
+
+def search_postprocessing(library: Library, weights: np.ndarray, thresholds: np.ndarray | None
+                          ) -> tuple[dict, float]:
+    """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule)."""
+    classes = candidate_classes(library.task, library.num_outputs)
+    plan = {operation: [False] * library.num_outputs for operation in OPERATIONS}
+    score, base = plan_scores(library, weights, thresholds, None)
+    for operation in OPERATIONS:
+        trial = {**plan, operation: [c in classes for c in range(library.num_outputs)]}
+        _, per_class = plan_scores(library, weights, thresholds, trial)
+        plan[operation] = [bool(c in classes and per_class[c] > base[c] + 1e-9) for c in range(library.num_outputs)]
+        score, base = plan_scores(library, weights, thresholds, plan)
+    return plan, score
 
 
 def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> torch.Tensor:
@@ -160,10 +187,13 @@ def vote_score(library: Library, order: list[int], min_votes: int | None) -> flo
     return meter.compute()
 
 
-def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None,
+                     plan: dict | None = None) -> np.ndarray:
     scores = []
     for rows in library.chunks():
         predicted, target = decide(library.mean(weights, rows), library.task, thresholds), library.target(rows)
+        if plan:
+            predicted = torch.from_numpy(np.stack([apply_plan(m, library.task, plan) for m in predicted.numpy()]))
         for i in range(len(predicted)):
             meter = library.meter()
             meter.update_predictions(predicted[i:i + 1], target[i:i + 1])
@@ -223,10 +253,15 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     weights = counts / counts.sum()
     thresholds = tune_thresholds(library, weights)
     score = score_weights(library, weights, thresholds)
+    postprocess, processed = search_postprocessing(library, weights, thresholds)
+    if processed > score:
+        score = processed
+    else:
+        postprocess = None
     uniform = score_weights(library, np.ones(len(library.names)))
     hard_vote = vote_score(library, order, None)
     vote_70 = vote_score(library, order, max(1, int(0.7 * len(order))))
-    per_image = per_image_scores(library, weights, thresholds)
+    per_image = per_image_scores(library, weights, thresholds, postprocess)
     table = pd.DataFrame({"id": library.ids, "score": per_image}).sort_values("score", kind="stable")
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -235,6 +270,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         "members": [library.names[i] for i in members],
         "weights": [float(weights[i]) for i in members],
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "postprocess": postprocess,
         "score": float(score),
         "best_single": float(singles.max()),
         "best_single_model": library.names[int(singles.argmax())],
@@ -247,6 +283,9 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         "per_image_csv": str(run.root / "ensemble_per_image.csv"),
     }
     store.write_json(run.root / "ensemble.json", result)
+    if postprocess:
+        switched = {op: [c for c, on in enumerate(flags) if on] for op, flags in postprocess.items()}
+        echo(f"postprocessing that helps on OOF (class indices): {switched}")
     echo(f"ensemble of {len(members)} models ({', '.join(f'{library.names[i]} x{weights[i]:.2f}' for i in members)}): "
          f"OOF {plan['metric']} {score:.4f}; best single {singles.max():.4f}, uniform {uniform:.4f}, "
          f"hard vote {hard_vote:.4f}, 70% vote {vote_70:.4f}")

@@ -31,3 +31,26 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, task: str,
 
 def to_uint8(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(probabilities * 255), 0, 255).astype(np.uint8)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    return activate(model(x).float(), task)
+
+
+@torch.no_grad()
+def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, task: str, tta: str = "none",
+                      scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+    """Probabilities of a normalised batch, averaged over test-time augmentations, each undone first:
+    none; flip (horizontal); flip+scale (every scale, each with its flip, resized back)."""
+    height, width = x.shape[-2:]
+    outputs = []
+    for scale in (scales if tta == "flip+scale" else (1.0,)):
+        size = (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
+        scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        views = [_forward(model, scaled, task)]
+        if tta in ("flip", "flip+scale"):
+            views.append(_forward(model, scaled.flip(-1), task).flip(-1))
+        for view in views:
+            outputs.append(view if size == (height, width) else
+                           F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False))
+    return torch.stack(outputs).mean(dim=0)

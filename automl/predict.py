@@ -1,0 +1,192 @@
+"""`automl predict`: every fold checkpoint of every ensemble member, TTA undone and averaged in probability
+space with the ensemble weights, back to each image's original size, thresholds and postprocessing applied,
+written by a submission writer. Images stream through in batches: memory does not grow with their number.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from automl import store
+from automl.config import TrialConfig, load_dataset_spec
+from automl.data import formats
+from automl.data.cache import as_size, resize_image
+from automl.data.dataset import SegmentationDataset
+from automl.errors import UserError
+from automl.metrics import METRIC_NAME, SegmentationMeter
+from automl.postprocess import apply_plan
+from automl.submit import FORMATS, create_writer
+
+TTA_MODES = ("none", "flip", "flip+scale")
+
+
+@dataclass
+class Member:
+    name: str
+    weight: float
+    config: TrialConfig
+    networks: list[torch.nn.Module]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return as_size(self.config.data.resize)
+
+
+def load_members(run: store.RunDir, num_outputs: int, device: torch.device, model: str | None
+                 ) -> tuple[list[Member], dict]:
+    """The ensemble (or one promoted model) with all its fold checkpoints loaded on `device`."""
+    from automl.promote import PromotedPaths, model_name
+    from trainables.train import build_model, load_checkpoint
+
+    paths = PromotedPaths(run.root)
+    if not paths.plan.exists():
+        raise UserError(f"study '{run.study}' has no promoted models", key="STUDY",
+                        fix=f"run `automl promote {run.study}` and `automl ensemble {run.study}` first")
+    plan = store.read_json(paths.plan)
+    if model is not None:
+        name = model if model in plan["models"] else model_name(int(model)) if model.isdigit() else model
+        if name not in plan["models"]:
+            raise UserError(f"no promoted model '{model}'", key="--model",
+                            fix=f"use one of {', '.join(plan['models'])}")
+        chosen, decisions = [(name, 1.0)], {"thresholds": None, "postprocess": None}
+    else:
+        ensemble_file = run.root / "ensemble.json"
+        if not ensemble_file.exists():
+            raise UserError(f"study '{run.study}' has no ensemble", key="STUDY",
+                            fix=f"run `automl ensemble {run.study}`, or pass --model NAME")
+        ensemble = store.read_json(ensemble_file)
+        chosen = list(zip(ensemble["members"], ensemble["weights"]))
+        decisions = {"thresholds": ensemble.get("thresholds"), "postprocess": ensemble.get("postprocess")}
+    members = []
+    for name, weight in chosen:
+        config = TrialConfig(**plan["models"][name]["config"])
+        networks = [load_checkpoint(build_model(config, num_outputs), paths.fold_dir(name, k) / "best.pt")
+                    .to(device).eval() for k in range(plan["folds"])]
+        members.append(Member(name, weight, config, networks))
+    return members, {**decisions, "eval_size": tuple(plan["eval_size"])}
+
+
+def list_prediction_images(images: str | Path) -> list[Path]:
+    path = Path(images)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in formats.IMAGE_SUFFIXES
+                       and p.suffix.lower() != ".json")
+    else:
+        found = sorted(Path(p) for p in glob.glob(str(images), recursive=True) if Path(p).is_file())
+    if not found:
+        raise UserError(f"no image found at '{images}'", key="--images", fix="pass a folder or a glob of images")
+    return found
+
+
+def decide(probabilities: torch.Tensor, task: str, thresholds: list[float] | None) -> np.ndarray:
+    """C x H x W probabilities -> HxW class indices (multiclass, binary 0/1) or CxHxW bool."""
+    if task == "multiclass":
+        return probabilities.argmax(dim=0).numpy().astype(np.uint8)
+    cut = torch.tensor(thresholds if thresholds is not None else [0.5] * probabilities.shape[0]).view(-1, 1, 1)
+    above = (probabilities > cut).numpy()
+    return above[0].astype(np.uint8) if task == "binary" else above
+
+
+def predict_batch(members: list[Member], images: list[np.ndarray], task: str, device: torch.device, tta: str,
+                  scales: tuple[float, ...], eval_size: tuple[int, int]) -> torch.Tensor:
+    """Weighted mean probabilities of the members (each the mean of its folds) at eval_size: B x C x h x w."""
+    from trainables.infer import tta_probabilities
+    from trainables.train import Normalizer
+
+    normalize = Normalizer(device, channels_last=device.type == "cuda")
+    total, weight_sum = None, 0.0
+    for member in members:
+        batch = np.stack([resize_image(image, member.size) for image in images]).transpose(0, 3, 1, 2)
+        x = normalize(torch.from_numpy(np.ascontiguousarray(batch)))
+        folds = torch.stack([tta_probabilities(net, x, task, tta, scales) for net in member.networks]).mean(dim=0)
+        if tuple(folds.shape[-2:]) != eval_size:
+            folds = F.interpolate(folds, size=eval_size, mode="bilinear", align_corners=False)
+        total = folds * member.weight if total is None else total + folds * member.weight
+        weight_sum += member.weight
+    return (total / weight_sum).cpu()
+
+
+def to_original_size(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(probabilities.shape[-2:]) == tuple(size):
+        return probabilities
+    return F.interpolate(probabilities[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+class Evaluation:
+    """--evaluate: score the predictions against the labels of a dataset.yaml, per class."""
+
+    def __init__(self, dataset_yaml: str | Path):
+        self.dataset = SegmentationDataset.from_yaml(dataset_yaml)
+        spec = self.dataset.spec
+        self.by_path = {record.image.resolve(): i for i, record in enumerate(self.dataset.records)}
+        self.meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
+        self.matched = 0
+
+    def add(self, image_path: Path, predicted: np.ndarray) -> None:
+        index = self.by_path.get(image_path.resolve())
+        if index is None:
+            return
+        height, width = predicted.shape[-2:]
+        mask, _ = self.dataset.read_mask(index, height, width)
+        target = mask[None, None] if self.dataset.spec.task == "binary" else mask[None]
+        shaped = predicted[None, None] if self.dataset.spec.task == "binary" else predicted[None]
+        self.meter.update_predictions(torch.from_numpy(np.asarray(shaped)), torch.from_numpy(np.asarray(target)))
+        self.matched += 1
+
+    def report(self, echo) -> dict:
+        spec = self.dataset.spec
+        per_class = self.meter.per_class()
+        score = self.meter.compute()
+        metric = METRIC_NAME[spec.task]
+        echo(f"evaluation on {self.matched} labelled images: {metric} {score:.4f}")
+        names = ["foreground"] if spec.task == "binary" else spec.class_names
+        for name, value in zip(names, per_class):
+            echo(f"  {name:<20} {value:.4f}" if np.isfinite(value) else f"  {name:<20} -")
+        return {"score": score, "per_class": dict(zip(names, map(float, per_class))), "images": self.matched}
+
+
+def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str | Path, format: str = "rle_csv",
+                tta: str = "none", scales: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5), batch: int = 8,
+                model: str | None = None, evaluate: str | Path | None = None, single_polygon: bool = False,
+                rle_order: str = "row", echo: Callable[[str], None] = print) -> dict:
+    from trainables.train import pick_device
+
+    if format not in FORMATS:
+        raise UserError(f"unknown format '{format}'", key="--format", fix=f"use one of {', '.join(FORMATS)}")
+    if tta not in TTA_MODES:
+        raise UserError(f"unknown TTA '{tta}'", key="--tta", fix=f"use one of {', '.join(TTA_MODES)}")
+    if rle_order not in ("row", "column"):
+        raise UserError(f"--rle-order must be row or column, got '{rle_order}'", key="--rle-order")
+    run = store.RunDir(runs_dir, study)
+    settings = run.settings()
+    spec = load_dataset_spec(settings.dataset)
+    paths = list_prediction_images(images)
+    device = pick_device()
+    members, decisions = load_members(run, spec.num_outputs, device, model)
+    evaluation = Evaluation(evaluate) if evaluate else None
+    class_names = ["foreground"] if spec.task == "binary" and len(spec.classes) > 1 else spec.class_names
+    writer = create_writer(format, Path(out), spec.task, class_names, single_polygon=single_polygon,
+                           rle_order=rle_order)
+    echo(f"predicting {len(paths)} images with {', '.join(f'{m.name} x{m.weight:.2f}' for m in members)} "
+         f"({sum(len(m.networks) for m in members)} checkpoints), TTA {tta}")
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        originals = [formats.read_image(p) for p in chunk]
+        probabilities = predict_batch(members, originals, spec.task, device, tta, tuple(scales), decisions["eval_size"])
+        for path, image, probs in zip(chunk, originals, probabilities):
+            full = to_original_size(probs, image.shape[:2])
+            mask = apply_plan(decide(full, spec.task, decisions["thresholds"]), spec.task, decisions["postprocess"])
+            writer.add(path, formats.relative_id(spec, path), mask, full.numpy())
+            if evaluation:
+                evaluation.add(path, mask)
+    writer.close()
+    echo(f"wrote {out} ({format})")
+    return {"images": len(paths), "out": str(out),
+            "evaluation": evaluation.report(echo) if evaluation else None}
