@@ -28,6 +28,8 @@ demo: $(STAMP)
 		--trials 8 --max-epochs 8 --subsample 1.0 --set model.encoder=tu-test_resnet
 	$(BIN)/automl promote demo --runs-dir $(DEMO)/runs --top 2 --folds 3 --epochs 8
 	$(BIN)/automl ensemble demo --runs-dir $(DEMO)/runs
+	$(BIN)/automl predict demo --runs-dir $(DEMO)/runs --images $(DEMO)/data/images --out $(DEMO)/submission.csv \
+		--format rle_csv --tta flip --evaluate $(DEMO)/data/dataset.yaml
 	@echo "review the study: $(BIN)/automl dashboard demo --runs-dir $(DEMO)/runs  (http://127.0.0.1:8080)"
 
 test: $(STAMP)
@@ -39,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/search_overhead.py
 	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/ensemble_memory.py
+	$(BIN)/python bench/predict_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache

@@ -68,6 +68,16 @@ class Writer:
     def add(self, image_path: Path, image_id: str, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
         raise NotImplementedError
 
+    def file_stem(self, image_path: Path, image_id: str) -> str:
+        """The image's own stem (so the polygon_json and mask_png readers match it), or its flattened id
+        when two images share a stem."""
+        used = self.__dict__.setdefault("_stems", set())
+        stem = image_path.stem
+        if stem in used:
+            stem = Path(image_id).with_suffix("").as_posix().replace("/", "__")
+        used.add(stem)
+        return stem
+
     def close(self) -> None:
         pass
 
@@ -122,7 +132,7 @@ class PngWriter(Writer):
     """Index PNGs in the folder `out` (multilabel: one sub-folder of 0/255 PNGs per class)."""
 
     def add(self, image_path, image_id, mask, probabilities):
-        stem = Path(image_id).with_suffix("").as_posix().replace("/", "__")
+        stem = self.file_stem(image_path, image_id)
         if self.task == "multilabel":
             for index, name in enumerate(self.class_names):
                 self._write(self.out / name / f"{stem}.png", mask[index].astype(np.uint8) * 255)
@@ -140,7 +150,7 @@ class PolygonJsonWriter(Writer):
     """One JSON per image in the folder `out`, in the polygon_json reader's format."""
 
     def add(self, image_path, image_id, mask, probabilities):
-        stem = Path(image_id).with_suffix("").as_posix().replace("/", "__")
+        stem = self.file_stem(image_path, image_id)
         annotations = [{"label": name, "points": points}
                        for _, name, binary in class_masks(mask, self.task, self.class_names)
                        for points in polygons(binary, self.options.get("single_polygon", False))]

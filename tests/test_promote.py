@@ -3,6 +3,7 @@ finished folds; every image gets exactly one out-of-fold prediction per model; n
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,3 +119,51 @@ def test_promote_and_ensemble_explain_what_is_missing(run_cli, promoted, tmp_pat
     assert code == 2 and "promoted with 3 folds" in err
     code, _, err = run_cli("promote", "p", "--runs-dir", runs, "--trials", "x")
     assert code == 2 and "expected trial numbers" in err
+
+
+def test_predicting_the_training_images_scores_near_the_oof_score(promoted, tmp_path):
+    from automl.predict import run_predict
+
+    runs, dataset = promoted["runs"], promoted["dataset"]
+    images = dataset.spec.root / "images"
+    outcome = run_predict(runs, "p", images, tmp_path / "sub.csv", tta="flip", evaluate=dataset.spec.source,
+                          echo=lambda line: None)
+    oof = promoted["ensemble"]["score"]
+    assert outcome["evaluation"]["images"] == len(dataset)
+    # the folds saw these images in training (2 of 3 folds each), so in-sample can only be close or better
+    assert outcome["evaluation"]["score"] >= oof - 0.05, (outcome["evaluation"]["score"], oof)
+    rows = list(csv.reader(open(tmp_path / "sub.csv")))
+    assert len(rows) == 1 + len(dataset) * 3 and rows[0] == ["image_name", "class", "rle"]
+
+
+def test_predict_one_model_to_png_and_coco(promoted, tmp_path):
+    from pycocotools import mask as coco_mask
+
+    from automl.predict import run_predict
+
+    runs, dataset = promoted["runs"], promoted["dataset"]
+    model = promoted["ensemble"]["members"][0]
+    images = str(dataset.spec.root / "images" / "g00[01]_*.png")
+    run_predict(runs, "p", images, tmp_path / "png", format="png", model=model, echo=lambda line: None)
+    assert sorted(p.name for p in (tmp_path / "png" / "disk").iterdir()) == [f"g00{g}_{k}.png" for g in (0, 1)
+                                                                              for k in (0, 1)]
+    run_predict(runs, "p", images, tmp_path / "coco.json", format="coco", model=model, echo=lambda line: None)
+    results = json.loads((tmp_path / "coco.json").read_text())
+    assert results and all(0 <= r["score"] <= 1 and coco_mask.decode(r["segmentation"]).any() for r in results)
+    written = cv2.imread(str(tmp_path / "png" / "disk" / "g000_0.png"), cv2.IMREAD_GRAYSCALE) > 0
+    disk = [r for r in results if r["file_name"].endswith("g000_0.png") and r["category_name"] == "disk"]
+    if disk:
+        np.testing.assert_array_equal(coco_mask.decode(disk[0]["segmentation"]).astype(bool), written)
+
+
+def test_predict_explains_bad_input(run_cli, promoted, tmp_path):
+    runs = promoted["runs"]
+    images = promoted["dataset"].spec.root / "images"
+    for args, message in [(["--format", "xml"], "unknown format 'xml'"), (["--tta", "rotate"], "unknown TTA"),
+                          (["--model", "trial9999"], "no promoted model 'trial9999'"),
+                          (["--images", tmp_path / "none"], "no image found")]:
+        base = {"--images": images, "--out": tmp_path / "x.csv"}
+        extra = dict(zip(args[::2], args[1::2]))
+        flat = [str(v) for item in {**base, **extra}.items() for v in item]
+        code, _, err = run_cli("predict", "p", "--runs-dir", runs, *flat)
+        assert code == 2 and message in err, err
