@@ -239,6 +239,19 @@ def predict_command(
                 evaluate=evaluate, single_polygon=single_polygon, rle_order=rle_order, echo=console.print)
 
 
+@app.command("report")
+def report_command(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+) -> None:
+    """Write the study as a static, self-contained HTML report: runs/<study>/report/index.html."""
+    from reports.html import build_report
+
+    path = build_report(runs_dir, study)
+    console.print(f"report: {path}")
+    console.print(f"dashboard: automl dashboard {study} --runs-dir {runs_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -41,6 +41,7 @@ class Library:
     task: str
     num_outputs: int
     ignore_index: int | None
+    images: Callable[[int], np.ndarray] | None = None  # row -> HxWx3 image at the OOF resolution
 
     @property
     def size(self) -> int:
@@ -202,6 +203,25 @@ def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarr
     return np.array(scores)
 
 
+def save_worst_panels(library: Library, weights: np.ndarray, thresholds, plan, rows: list[int], folder: Path
+                      ) -> list[dict]:
+    """image | label | ensemble OOF prediction of the lowest-scoring images, as PNGs in the run folder."""
+    from automl.overlays import panel, save_png
+
+    if library.images is None:
+        return []
+    saved = []
+    for rank, row in enumerate(rows):
+        window = slice(row, row + 1)
+        predicted = decide(library.mean(weights, window), library.task, thresholds).numpy()[0]
+        predicted = apply_plan(predicted, library.task, plan)
+        label = library.labels(window)[0]
+        path = folder / f"{rank:02d}_{Path(library.ids[row]).stem}.png"
+        save_png(path, panel(library.images(row), label, predicted, library.task))
+        saved.append({"id": library.ids[row], "file": str(path.relative_to(folder.parent))})
+    return saved
+
+
 def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
     from automl.promote import PromotedPaths
 
@@ -232,7 +252,8 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
         return np.stack([np.asarray(cache[rows_to_index[r]].mask) for r in range(rows.start, rows.stop)])
 
     library = Library(names, [store.NpyRows(paths.oof(m)[0]) for m in names], labels, ids, spec.task,
-                      spec.num_outputs, spec.effective_ignore_index)
+                      spec.num_outputs, spec.effective_ignore_index,
+                      images=lambda row: np.asarray(cache[rows_to_index[row]].image))
     return library, plan
 
 
@@ -266,6 +287,9 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
         table.to_csv(tmp, index=False)
     members = [i for i in range(len(library.names)) if weights[i] > 0]
+    _, per_class = plan_scores(library, weights, thresholds, postprocess)
+    worst = save_worst_panels(library, weights, thresholds, postprocess, table.index[:10].tolist(),
+                              run.root / "worst")
     result = {
         "members": [library.names[i] for i in members],
         "weights": [float(weights[i]) for i in members],
@@ -278,6 +302,9 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         "hard_vote": float(hard_vote),
         "vote_70": float(vote_70),
         "single_scores": dict(zip(library.names, map(float, singles))),
+        "per_class": [None if np.isnan(v) else float(v) for v in per_class],
+        "class_names": plan.get("class_names"),
+        "worst": worst,
         "metric": plan["metric"], "task": library.task, "eval_size": plan["eval_size"],
         "max_size": max_size, "bags": bags, "history": history,
         "per_image_csv": str(run.root / "ensemble_per_image.csv"),

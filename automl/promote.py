@@ -200,7 +200,8 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
     for name, trial in zip(configs, chosen):
         plan["models"][name] = {"trial": trial.number, "search_score": trial.value, "config": configs[name]}
     plan.update({"folds": splits.n_folds, "eval_size": list(eval_size), "metric": settings.metric,
-                 "task": settings.task})
+                 "task": settings.task,
+                 "class_names": ["foreground"] if settings.task == "binary" else dataset.spec.class_names})
     store.write_json(paths.plan, plan)
     jobs = [{"model": m, "fold": k} for m in configs for k in range(splits.n_folds) if not paths.is_done(m, k)]
     skipped = len(configs) * splits.n_folds - len(jobs)
