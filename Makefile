@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/automl ensemble demo --runs-dir $(DEMO)/runs
 	$(BIN)/automl predict demo --runs-dir $(DEMO)/runs --images $(DEMO)/data/images --out $(DEMO)/submission.csv \
 		--format rle_csv --tta flip --evaluate $(DEMO)/data/dataset.yaml
-	@echo "review the study: $(BIN)/automl dashboard demo --runs-dir $(DEMO)/runs  (http://127.0.0.1:8080)"
+	$(BIN)/automl report demo --runs-dir $(DEMO)/runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/ensemble_memory.py
 	$(BIN)/python bench/predict_throughput.py
+	$(BIN)/python bench/report_screenshot.py $(DEMO)/runs/demo/report/index.html docs/report.png
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache

@@ -92,6 +92,8 @@ def leaderboard_section(trials: pd.DataFrame) -> str:
         return section("leaderboard", "Leaderboard", empty("No trial yet: run automl search."))
     order = trials.assign(rank_state=trials["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2))
     order = order.sort_values(["rank_state", "score"], ascending=[True, False]).drop(columns="rank_state")
+    order = order.rename(columns=lambda c: c.split(".")[-1] if c.startswith(("loss.", "optim.", "model.", "data.",
+                                                                              "schedule.")) else c)
     return section("leaderboard", "Leaderboard", table(order.head(25)))
 
 

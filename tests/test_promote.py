@@ -167,3 +167,26 @@ def test_predict_explains_bad_input(run_cli, promoted, tmp_path):
         flat = [str(v) for item in {**base, **extra}.items() for v in item]
         code, _, err = run_cli("predict", "p", "--runs-dir", runs, *flat)
         assert code == 2 and message in err, err
+
+
+def check_report(path: Path) -> str:
+    import re
+
+    from reports.html import SECTIONS
+
+    page = path.read_text()
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in page, anchor
+    assert not re.search(r'(src|href)="https?://', page)  # viewable offline: nothing from the network
+    for reference in re.findall(r'(?:src|href)="([^"#][^"]*)"', page):
+        assert reference.startswith("data:image/png;base64,") or (path.parent / reference).exists(), reference
+    return page
+
+
+def test_report_renders_every_section_from_the_finished_study(promoted, run_cli):
+    code, out, err = run_cli("report", "p", "--runs-dir", promoted["runs"])
+    assert code == 0, err
+    page = check_report(promoted["runs"] / "p" / "report" / "index.html")
+    assert "No ensemble yet" not in page and "No promote run yet" not in page
+    assert page.count("<figure>") == 10  # the worst OOF images as image / label / prediction panels
+    assert "trial0" in page and "Per-class" in page

@@ -148,3 +148,13 @@ def test_dashboard_serves_the_study_on_localhost_only(searched):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_report_before_promote_says_what_is_missing(searched):
+    from reports.html import build_report
+    from tests.test_promote import check_report
+
+    root, _, _ = searched
+    page = check_report(build_report(root / "runs", "demo"))
+    assert "No promote run yet: run automl promote." in page and "No ensemble yet" in page
+    assert '<section id="loss-weights"><h2>Loss weights</h2><img' in page
