@@ -144,7 +144,9 @@ def test_dashboard_serves_the_study_on_localhost_only(searched):
         assert body is not None and '"demo"' in body
         if shutil.which("ss"):
             listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
-            assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening
+            bound = [line.split()[3] for line in listening.splitlines()[1:]
+                     if len(line.split()) > 3 and line.split()[3].endswith(f":{port}")]
+            assert bound and all(address == f"127.0.0.1:{port}" for address in bound), bound
     finally:
         server.terminate()
         server.wait(timeout=10)
