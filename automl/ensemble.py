@@ -67,30 +67,41 @@ class Library:
         return total / (255.0 * weights.sum())
 
 
+def ensemble_masks(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None,
+                   rows: slice) -> np.ndarray:
+    """The ensemble's final masks for these rows: weighted mean, thresholds, then the postprocessing plan."""
+    predicted = decide(library.mean(weights, rows), library.task, thresholds).numpy()
+    if plan:
+        predicted = np.stack([apply_plan(mask, library.task, plan) for mask in predicted])
+    return predicted
+
+
 def plan_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None
                 ) -> tuple[float, np.ndarray]:
     """The ensemble's OOF score and per-class scores with a postprocessing plan applied image by image."""
     meter = library.meter()
     for rows in library.chunks():
-        predicted = decide(library.mean(weights, rows), library.task, thresholds).numpy()
-        if plan:
-            predicted = np.stack([apply_plan(mask, library.task, plan) for mask in predicted])
-        meter.update_predictions(torch.from_numpy(predicted), library.target(rows))
+        meter.update_predictions(torch.from_numpy(ensemble_masks(library, weights, thresholds, plan, rows)),
+                                 library.target(rows))
     return meter.compute(), meter.per_class()
 
 
 def search_postprocessing(library: Library, weights: np.ndarray, thresholds: np.ndarray | None
-                          ) -> tuple[dict, float]:
-    """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule)."""
+                          ) -> tuple[dict | None, float, np.ndarray]:
+    """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule).
+    Returns the plan (None when it does not raise the overall score), the score and per-class scores."""
     classes = candidate_classes(library.task, library.num_outputs)
     plan = {operation: [False] * library.num_outputs for operation in OPERATIONS}
     score, base = plan_scores(library, weights, thresholds, None)
+    plain_score, plain_per_class = score, base
     for operation in OPERATIONS:
         trial = {**plan, operation: [c in classes for c in range(library.num_outputs)]}
         _, per_class = plan_scores(library, weights, thresholds, trial)
         plan[operation] = [bool(c in classes and per_class[c] > base[c] + 1e-9) for c in range(library.num_outputs)]
         score, base = plan_scores(library, weights, thresholds, plan)
-    return plan, score
+    if score > plain_score:
+        return plan, score, base
+    return None, plain_score, plain_per_class
 
 
 def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> torch.Tensor:
@@ -101,10 +112,7 @@ def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None =
 
 
 def score_weights(library: Library, weights: np.ndarray, thresholds: np.ndarray | None = None) -> float:
-    meter = library.meter()
-    for rows in library.chunks():
-        meter.update_predictions(decide(library.mean(weights, rows), library.task, thresholds), library.target(rows))
-    return meter.compute()
+    return plan_scores(library, weights, thresholds, None)[0]
 
 
 def single_scores(library: Library) -> np.ndarray:
@@ -192,9 +200,8 @@ def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarr
                      plan: dict | None = None) -> np.ndarray:
     scores = []
     for rows in library.chunks():
-        predicted, target = decide(library.mean(weights, rows), library.task, thresholds), library.target(rows)
-        if plan:
-            predicted = torch.from_numpy(np.stack([apply_plan(m, library.task, plan) for m in predicted.numpy()]))
+        predicted = torch.from_numpy(ensemble_masks(library, weights, thresholds, plan, rows))
+        target = library.target(rows)
         for i in range(len(predicted)):
             meter = library.meter()
             meter.update_predictions(predicted[i:i + 1], target[i:i + 1])
@@ -213,8 +220,7 @@ def save_worst_panels(library: Library, weights: np.ndarray, thresholds, plan, r
     saved = []
     for rank, row in enumerate(rows):
         window = slice(row, row + 1)
-        predicted = decide(library.mean(weights, window), library.task, thresholds).numpy()[0]
-        predicted = apply_plan(predicted, library.task, plan)
+        predicted = ensemble_masks(library, weights, thresholds, plan, window)[0]
         label = library.labels(window)[0]
         path = folder / f"{rank:02d}_{Path(library.ids[row]).stem}.png"
         save_png(path, panel(library.images(row), label, predicted, library.task))
@@ -273,12 +279,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         history += [{"bag": bag, **step} for step in bag_history]
     weights = counts / counts.sum()
     thresholds = tune_thresholds(library, weights)
-    score = score_weights(library, weights, thresholds)
-    postprocess, processed = search_postprocessing(library, weights, thresholds)
-    if processed > score:
-        score = processed
-    else:
-        postprocess = None
+    postprocess, score, per_class = search_postprocessing(library, weights, thresholds)
     uniform = score_weights(library, np.ones(len(library.names)))
     hard_vote = vote_score(library, order, None)
     vote_70 = vote_score(library, order, max(1, int(0.7 * len(order))))
@@ -287,7 +288,6 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
         table.to_csv(tmp, index=False)
     members = [i for i in range(len(library.names)) if weights[i] > 0]
-    _, per_class = plan_scores(library, weights, thresholds, postprocess)
     worst = save_worst_panels(library, weights, thresholds, postprocess, table.index[:10].tolist(),
                               run.root / "worst")
     result = {

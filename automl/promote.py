@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from automl import store
-from automl.config import load_dataset_spec
+from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.data.splits import Splits, make_kfold_splits, strata
 from automl.data.stats import label_stats
@@ -80,7 +80,6 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     import torch
     from ray import tune
 
-    from automl.config import TrialConfig
     from automl.data.cache import ResizeCache
     from trainables.data import TrainData
     from trainables.infer import predict_probabilities, to_uint8
@@ -128,11 +127,9 @@ def choose_trials(study, top: int, named: list[int] | None) -> list:
 
 
 def eval_size_of(configs: dict[str, dict]) -> tuple[int, int]:
-    sides = []
-    for config in configs.values():
-        size = config.get("data", {}).get("resize", 256)
-        sides.append((size, size) if isinstance(size, int) else tuple(size))
-    return max(sides)
+    from automl.data.cache import as_size
+
+    return max(as_size(TrialConfig(**config).data.resize) for config in configs.values())
 
 
 def folds_for(dataset: SegmentationDataset, paths: PromotedPaths, n_folds: int, seed: int) -> Splits:
@@ -208,11 +205,9 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
     echo(f"promoting {', '.join(configs)} x {splits.n_folds} folds ({splits.method}), {epochs} epochs, "
          f"{len(dataset)} images; {skipped} folds already done, {len(jobs)} to train")
     if jobs:
-        from automl.data.cache import ResizeCache
+        from automl.data.cache import prebuild
 
-        for size in {tuple(c["data"]["resize"]) if isinstance(c["data"]["resize"], list) else c["data"]["resize"]
-                     for c in configs.values()}:
-            ResizeCache(dataset, size).ensure()
+        prebuild(dataset, [TrialConfig(**config).data.resize for config in configs.values()])
         started_ray = start_ray(SearchOptions(address=options.address, verbose=options.verbose))
         try:
             context = FoldContext(str(run.root), settings.dataset, configs, splits.__dict__, eval_size,
@@ -238,7 +233,7 @@ def summarize(paths: PromotedPaths, configs: dict, splits: Splits, eval_size, nu
     for model in configs:
         scores = [store.read_json(paths.fold_dir(model, k) / "done.json")["score"]
                   for k in range(splits.n_folds) if paths.is_done(model, k)]
-        if len(scores) == splits.n_folds:
+        if len(scores) == splits.n_folds and not paths.oof(model)[0].exists():  # done folds never change
             assemble_oof(paths, model, splits, eval_size, num_outputs)
         summary[model] = {"fold_scores": scores, "mean": float(np.mean(scores)) if scores else None}
         shown = " ".join(f"{s:.4f}" for s in scores)

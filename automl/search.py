@@ -20,10 +20,9 @@ import numpy as np
 
 from automl import store
 from automl.config import StudySettings, load_dataset_spec
-from automl.data import formats
 from automl.data.dataset import SegmentationDataset
 from automl.data.splits import group_subsample, holdout, strata
-from automl.data.stats import label_stats
+from automl.data.stats import LabelStats, label_stats
 from automl.errors import UserError
 from automl.metrics import METRIC_NAME
 from automl.space import SearchSpace, load_space, unflatten
@@ -145,6 +144,10 @@ def truthful_optuna_search(max_epochs: int, study_dir: Path, **kwargs):
     from ray.tune.search.optuna import OptunaSearch
 
     class TruthfulOptunaSearch(OptunaSearch):
+        def __init__(self, **options):
+            super().__init__(**options)
+            self._reported: dict[str, set[int]] = {}  # steps told to Optuna, per Ray trial
+
         def suggest(self, trial_id: str):
             params = super().suggest(trial_id)
             if params is not None:
@@ -183,9 +186,7 @@ def truthful_optuna_search(max_epochs: int, study_dir: Path, **kwargs):
                 self._ot_study.tell(trial, state=getattr(optuna.trial.TrialState, state))
             self._completed_trials.add(trial_id)
 
-    searcher = TruthfulOptunaSearch(**kwargs)
-    searcher._reported = {}
-    return searcher
+    return TruthfulOptunaSearch(**kwargs)
 
 
 # ---------------------------------------------------------------- the driver
@@ -206,14 +207,13 @@ def open_storage(url: str):
                         fix="check the URL, e.g. sqlite:///runs/study/optuna.db or postgresql://user@host/db") from None
 
 
-def median_side(dataset: SegmentationDataset) -> int:
-    sides = [max(formats.image_size(record.image)) for record in dataset.records]
-    return int(np.median(sides))
+def median_side(stats: LabelStats) -> int:
+    return int(np.median(stats.sizes.max(axis=1)))
 
 
-def make_search_split(dataset: SegmentationDataset, subsample: float, val_fraction: float, seed: int) -> dict:
+def make_search_split(dataset: SegmentationDataset, stats: LabelStats, subsample: float, val_fraction: float,
+                      seed: int) -> dict:
     """One fixed validation holdout (so scores compare) and a seeded group subsample of the rest."""
-    stats = label_stats(dataset)
     sample_strata = strata(stats.pixels, dataset.spec.task)
     is_val = holdout(dataset.groups, sample_strata, val_fraction, seed)
     train_pool = np.flatnonzero(~is_val)
@@ -269,14 +269,15 @@ def prepare(options: SearchOptions) -> tuple[store.RunDir, SearchSpace, StudySet
         split = store.read_json(run.search_split)
         settings = settings.model_copy(update={"trials": options.trials})
     else:
-        space = load_space(options.space, median_side(dataset), options.fixed)
+        stats = label_stats(dataset)  # image sizes and class pixels, read once for the space and the split
+        space = load_space(options.space, median_side(stats), options.fixed)
         fidelity = space.fidelity.model_copy(update={k: v for k, v in {
             "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
         space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,
                                                                           fidelity.max_epochs)})
         run.root.mkdir(parents=True, exist_ok=True)
         settings = resolve_settings(options, run, space, spec.task)
-        split = make_search_split(dataset, space.fidelity.subsample, options.val_fraction, options.seed)
+        split = make_search_split(dataset, stats, space.fidelity.subsample, options.val_fraction, options.seed)
         store.write_json(run.search_split, split)
     store.write_yaml(run.settings_file, settings.model_dump())
     prebuild_cache(dataset, space, split)
@@ -285,13 +286,11 @@ def prepare(options: SearchOptions) -> tuple[store.RunDir, SearchSpace, StudySet
 
 def prebuild_cache(dataset: SegmentationDataset, space: SearchSpace, split: dict) -> None:
     """Decode each image once here, not in every concurrent trial."""
-    from automl.data.cache import ResizeCache
+    from automl.data.cache import prebuild
 
     sizes = space.params["data.resize"].choices if "data.resize" in space.params else [space.fixed.get("data.resize", 256)]
     position = dataset.index_of
-    indices = [position[i] for i in split["train"] + split["val"]]
-    for size in sizes:
-        ResizeCache(dataset, size).ensure(indices)
+    prebuild(dataset, sizes, [position[i] for i in split["train"] + split["val"]])
 
 
 def recover_interrupted(study, echo) -> int:

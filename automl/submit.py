@@ -64,6 +64,7 @@ def polygons(binary: np.ndarray, single: bool = False) -> list[list[list[int]]]:
 class Writer:
     def __init__(self, out: Path, task: str, class_names: list[str], **options):
         self.out, self.task, self.class_names, self.options = Path(out), task, class_names, options
+        self.stems: set[str] = set()
 
     def add(self, image_path: Path, image_id: str, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -71,11 +72,10 @@ class Writer:
     def file_stem(self, image_path: Path, image_id: str) -> str:
         """The image's own stem (so the polygon_json and mask_png readers match it), or its flattened id
         when two images share a stem."""
-        used = self.__dict__.setdefault("_stems", set())
         stem = image_path.stem
-        if stem in used:
+        if stem in self.stems:
             stem = Path(image_id).with_suffix("").as_posix().replace("/", "__")
-        used.add(stem)
+        self.stems.add(stem)
         return stem
 
     def close(self) -> None:

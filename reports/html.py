@@ -56,19 +56,16 @@ def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def load_trials(settings) -> tuple[object, pd.DataFrame]:
-    import optuna
+def load_trials(runs_dir: str | Path, study_name: str) -> tuple[object, object, pd.DataFrame]:
+    from automl.status import load_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from automl.search import open_storage
-
-    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage))
+    settings, study = load_study(runs_dir, study_name)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         rows.append({"trial": trial.number, "state": trial.state.name, "score": trial.value,
                      "epochs": trial.user_attrs.get("epochs", len(trial.intermediate_values)),
                      "minutes": trial.user_attrs.get("wall_time_s", 0.0) / 60, **trial.params})
-    return study, pd.DataFrame(rows)
+    return settings, study, pd.DataFrame(rows)
 
 
 def summary_section(settings, trials: pd.DataFrame) -> str:
@@ -250,8 +247,7 @@ def audit_section(dataset_yaml: str) -> str:
 
 def build_report(runs_dir: str | Path, study_name: str) -> Path:
     run = store.RunDir(runs_dir, study_name)
-    settings = run.settings()
-    study, trials = load_trials(settings)
+    settings, study, trials = load_trials(runs_dir, study_name)
     ensemble_file = run.root / "ensemble.json"
     ensemble = store.read_json(ensemble_file) if ensemble_file.exists() else None
     params = list(settings.space.get("params", {}))

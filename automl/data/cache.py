@@ -127,3 +127,9 @@ class ResizeCache:
 
     def orig_size(self, index: int) -> tuple[int, int]:
         return tuple(store.read_json(self._paths(index)[2])["orig_size"])
+
+
+def prebuild(dataset: SegmentationDataset, sizes, indices=None) -> None:
+    """Decode each image once per distinct size before concurrent trials start, not once per trial."""
+    for size in dict.fromkeys(as_size(size) for size in sizes):
+        ResizeCache(dataset, size).ensure(indices)
