@@ -16,6 +16,7 @@ from automl.errors import UserError
 Task = Literal["multiclass", "multilabel", "binary"]
 BACKGROUND = "background"
 POLYGON_FORMATS = ("coco", "polygon_json")
+MIN_STEPS_PER_EPOCH = 25
 
 
 class Frozen(BaseModel):
@@ -31,6 +32,30 @@ class GroupField(Frozen):
     field: str = Field(description="a field of the COCO `images` entries, e.g. patient_id")
 
 
+class FlipPolicy(Frozen):
+    """How horizontal flips treat the classes: off, or on with mirrored class pairs swapped (left/right lung)."""
+
+    horizontal: bool = Field(True, description="false: no horizontal flip in any augmentation set or TTA")
+    pairs: list[tuple[str, str]] = Field(default_factory=list,
+                                         description="classes that trade places when the image is mirrored")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FlipPolicy":
+        if self.pairs and not self.horizontal:
+            raise ValueError("pairs are swapped when flipping; with horizontal: false there is no flip: "
+                             "keep one of the two")
+        named = [name for pair in self.pairs for name in pair]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ValueError(f"a class can be in one mirrored pair only, got {twice} more than once")
+        return self
+
+    def swaps(self, class_names: list[str]) -> list[tuple[int, int]]:
+        """The pairs as output-channel indices (multiclass: mask values)."""
+        index = {name: i for i, name in enumerate(class_names)}
+        return [(index[a], index[b]) for a, b in self.pairs]
+
+
 class DatasetSpec(Frozen):
     name: str
     task: Task
@@ -41,6 +66,8 @@ class DatasetSpec(Frozen):
     ignore_index: int | None = None
     root: Path = Field(default=Path("."), description="where relative paths start; default: the YAML's folder")
     cache_dir: str | None = Field(default=None, description="decoded + resized arrays; default: <root>/.cache/automl")
+    flips: FlipPolicy | None = Field(default=None, description="absent: `automl data audit` decides")
+    exclude: str | None = Field(default=None, description="file of image ids (one per line) left out of training")
     source: str = Field(default="", description="the dataset.yaml this came from (set by the loader)")
 
     @field_validator("classes")
@@ -71,7 +98,18 @@ class DatasetSpec(Frozen):
             raise ValueError(f"at most 254 classes fit a uint8 mask, got {self.num_outputs}")
         if isinstance(self.groups, GroupField) and self.labels.format != "coco":
             raise ValueError("groups: {field: ...} needs labels.format coco; use a regex on the path instead")
+        if self.flips is not None:
+            self._check_pairs(self.flips)
         return self
+
+    def _check_pairs(self, flips: FlipPolicy) -> None:
+        from trainables.registry import unknown_name_message
+
+        names = [] if self.task == "binary" else [c for c in self.class_names if c != BACKGROUND]
+        for name in (name for pair in flips.pairs for name in pair):
+            if name not in names:
+                raise ValueError(unknown_name_message("class in flips.pairs", name, names) if names else
+                                 "a binary task has one class: there is no pair to swap")
 
     @property
     def class_names(self) -> list[str]:
@@ -174,13 +212,15 @@ class ModelConfig(Frozen):
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None  # None: nothing is downloaded; "imagenet" needs the network once
+    in_channels: Literal[1, 3] = 3  # 1: gray images go in as they are (search decides it from the images)
 
     @model_validator(mode="after")
     def _known_names(self) -> "ModelConfig":
-        from trainables.models import check_arch, check_encoder
+        from trainables.models import check_arch, check_buildable, check_encoder
 
         check_arch(self.arch)
         check_encoder(self.encoder, self.arch)
+        check_buildable(self.arch, self.encoder)
         return self
 
 
@@ -189,6 +229,7 @@ class DataConfig(Frozen):
     augment: str = "light"
     batch_size: int = Field(8, ge=1)
     crop: int | None = Field(None, ge=8, description="train on crops of this side (CropNonEmptyMaskIfExists)")
+    flips: FlipPolicy | None = Field(None, description="None: the dataset.yaml's `flips`, else plain flips")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
@@ -252,6 +293,9 @@ class ScheduleConfig(Frozen):
 
 class TrainConfig(Frozen):
     epochs: int = Field(10, ge=1)
+    # An epoch is max(one pass over the training images, this many optimizer steps), so a small dataset
+    # is not starved: the same --max-epochs means comparable training on 20 images and on 2000.
+    min_steps_per_epoch: int = Field(MIN_STEPS_PER_EPOCH, ge=1)
     amp: bool = True  # used only where CUDA is present
     seed: int = 0
     num_workers: int = Field(0, ge=0)
@@ -267,6 +311,17 @@ class TrialConfig(Frozen):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _input_fits_architecture(self) -> "TrialConfig":
+        from trainables.models import MIN_INPUT
+
+        smallest = MIN_INPUT.get(self.model.arch.lower())
+        sides = (self.data.resize,) if isinstance(self.data.resize, int) else self.data.resize
+        side = min((self.data.crop,) if self.data.crop else sides)
+        if smallest and side < smallest:
+            raise ValueError(f"{self.model.arch} needs inputs of at least {smallest} pixels, got {side}")
+        return self
+
 
 def parse_trial_config(data: dict[str, Any], source: str | Path = "<config>") -> TrialConfig:
     try:
@@ -275,9 +330,16 @@ def parse_trial_config(data: dict[str, Any], source: str | Path = "<config>") ->
         raise validation_error_to_user_error(e, source, TrialConfig) from None
 
 
-def load_trial_config(path: str | Path) -> TrialConfig:
+def load_trial_config(path: str | Path, defaults: dict[str, Any] | None = None) -> TrialConfig:
+    """A TrialConfig file; `defaults` (dotted keys, what the data decided) fill keys the file leaves unset."""
     path = Path(path)
     data = json.loads(path.read_text()) if path.suffix == ".json" and path.is_file() else read_yaml(path, "trial config")
+    for dotted, value in (defaults or {}).items():
+        node, *parents, leaf = [data, *dotted.split(".")]
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
     return parse_trial_config(data, path)
 
 
@@ -302,3 +364,4 @@ class StudySettings(BaseModel):
     time_budget: float | None = None
     wandb: str = "offline"
     created: str = ""
+    decisions: dict[str, Any] = {}  # what the data decided (automl.plan): input channels, flips

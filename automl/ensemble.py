@@ -23,7 +23,7 @@ from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
 from automl.errors import UserError
 from automl.metrics import SegmentationMeter
-from automl.postprocess import OPERATIONS, apply_plan, candidate_classes
+from automl.postprocess import apply_plan, candidate_classes, operation_order, to_masks
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 CHUNK = 16
@@ -70,7 +70,7 @@ class Library:
 def ensemble_masks(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None,
                    rows: slice) -> np.ndarray:
     """The ensemble's final masks for these rows: weighted mean, thresholds, then the postprocessing plan."""
-    predicted = decide(library.mean(weights, rows), library.task, thresholds).numpy()
+    predicted = to_masks(library.mean(weights, rows), library.task, thresholds)
     if plan:
         predicted = np.stack([apply_plan(mask, library.task, plan) for mask in predicted])
     return predicted
@@ -91,10 +91,10 @@ def search_postprocessing(library: Library, weights: np.ndarray, thresholds: np.
     """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule).
     Returns the plan (None when it does not raise the overall score), the score and per-class scores."""
     classes = candidate_classes(library.task, library.num_outputs)
-    plan = {operation: [False] * library.num_outputs for operation in OPERATIONS}
+    plan = {operation: [False] * library.num_outputs for operation in operation_order()}
     score, base = plan_scores(library, weights, thresholds, None)
     plain_score, plain_per_class = score, base
-    for operation in OPERATIONS:
+    for operation in operation_order():
         trial = {**plan, operation: [c in classes for c in range(library.num_outputs)]}
         _, per_class = plan_scores(library, weights, thresholds, trial)
         plan[operation] = [bool(c in classes and per_class[c] > base[c] + 1e-9) for c in range(library.num_outputs)]
@@ -105,10 +105,7 @@ def search_postprocessing(library: Library, weights: np.ndarray, thresholds: np.
 
 
 def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> torch.Tensor:
-    if task == "multiclass":
-        return torch.from_numpy(probabilities.argmax(axis=1))
-    cut = 0.5 if thresholds is None else np.asarray(thresholds, np.float32)[None, :, None, None]
-    return torch.from_numpy(probabilities > cut)
+    return torch.from_numpy(to_masks(probabilities, task, thresholds))
 
 
 def score_weights(library: Library, weights: np.ndarray, thresholds: np.ndarray | None = None) -> float:
@@ -188,9 +185,10 @@ def vote_score(library: Library, order: list[int], min_votes: int | None) -> flo
                 label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
             predicted = torch.from_numpy(label)
         else:
-            yes = sum(tie_break[m] * decisions[m] for m in order)
-            no = sum(tie_break[m] * ~decisions[m] for m in order)
-            count = sum(decisions[m].astype(np.int32) for m in order)
+            said_yes = {m: decisions[m].astype(bool) for m in order}
+            yes = sum(tie_break[m] * said_yes[m] for m in order)
+            no = sum(tie_break[m] * ~said_yes[m] for m in order)
+            count = sum(said_yes[m].astype(np.int32) for m in order)
             predicted = torch.from_numpy(count >= min_votes if min_votes is not None else yes > no)
         meter.update_predictions(predicted, library.target(rows))
     return meter.compute()

@@ -32,6 +32,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, task: str, alpha: float = 0.5) 
 
 def panel(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, task: str, side: int = 256) -> np.ndarray:
     """image | label | prediction, side by side, each scaled to `side` pixels high."""
+    image = np.repeat(image, 3, axis=2) if image.ndim == 3 and image.shape[2] == 1 else image
     views = [image, overlay(image, label, task), overlay(image, prediction, task)]
     scale = side / image.shape[0]
     size = (max(1, int(round(image.shape[1] * scale))), side)

@@ -1,15 +1,30 @@
-"""Postprocessing of predicted masks, switched on per class only where it helps the OOF metric (as nnU-Net
-decides it): keep the largest connected component, fill holes."""
+"""From probabilities to masks: thresholds, then postprocessing switched on per class only where it helps
+the OOF metric (as nnU-Net decides it): keep the largest connected component, fill holes."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import cv2
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
-OPERATIONS = ("largest_component", "fill_holes")
+from trainables.registry import Registry
+
+OPERATIONS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("postprocessing operation")
 
 
+def to_masks(probabilities: np.ndarray, task: str, thresholds=None) -> np.ndarray:
+    """N x C x H x W probabilities -> masks in the labels' layout: N x H x W class indices (multiclass),
+    N x H x W 0/1 (binary), N x C x H x W bool (multilabel). `thresholds`: one per channel (default 0.5)."""
+    if task == "multiclass":
+        return probabilities.argmax(axis=1).astype(np.uint8)
+    cut = 0.5 if thresholds is None else np.asarray(thresholds, np.float32).reshape(1, -1, 1, 1)
+    above = probabilities > cut
+    return above[:, 0].astype(np.uint8) if task == "binary" else above
+
+
+@OPERATIONS.register("largest_component")
 def largest_component(binary: np.ndarray) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
     if count <= 2:
@@ -18,13 +33,22 @@ def largest_component(binary: np.ndarray) -> np.ndarray:
     return labels == largest
 
 
+@OPERATIONS.register("fill_holes")
 def fill_holes(binary: np.ndarray) -> np.ndarray:
     return binary_fill_holes(binary.astype(bool))
 
 
+def operation_order() -> list[str]:
+    """The order a plan applies its operations in (registration order: components first, then holes)."""
+    return list(OPERATIONS.entries)
+
+
 def apply_operation(mask: np.ndarray, task: str, operation: str, classes: list[int]) -> np.ndarray:
     """The operation on the given classes of one HxW (multiclass/binary) or CxHxW (multilabel) mask."""
-    function = largest_component if operation == "largest_component" else fill_holes
+    function = OPERATIONS.get(operation)  # an unknown name raises ValueError listing the valid ones
+    expected_ndim = 3 if task == "multilabel" else 2
+    if mask.ndim != expected_ndim:
+        raise ValueError(f"a {task} mask must have {expected_ndim} dimensions, got shape {mask.shape}")
     mask = mask.copy()
     for c in classes:
         if task == "multilabel":
@@ -41,7 +65,10 @@ def apply_operation(mask: np.ndarray, task: str, operation: str, classes: list[i
 def apply_plan(mask: np.ndarray, task: str, plan: dict | None) -> np.ndarray:
     if not plan:
         return mask
-    for operation in OPERATIONS:
+    unknown = [name for name in plan if name not in OPERATIONS.entries]
+    if unknown:
+        OPERATIONS.check(unknown[0])
+    for operation in operation_order():
         classes = [c for c, on in enumerate(plan.get(operation, [])) if on]
         if classes:
             mask = apply_operation(mask, task, operation, classes)

@@ -6,7 +6,7 @@ written by a submission writer. Images stream through in batches: memory does no
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from automl import store
-from automl.config import TrialConfig, load_dataset_spec
+from automl.config import DatasetSpec, FlipPolicy, TrialConfig, load_dataset_spec
 from automl.data import formats
 from automl.data.cache import as_size, resize_image
+from automl.data.formats import match_channels
 from automl.data.dataset import SegmentationDataset
 from automl.errors import UserError
 from automl.metrics import METRIC_NAME, SegmentationMeter
-from automl.postprocess import apply_plan
+from automl.postprocess import apply_plan, to_masks
 from automl.submit import FORMATS, create_writer
 
 TTA_MODES = ("none", "flip", "flip+scale")
@@ -33,17 +34,22 @@ class Member:
     weight: float
     config: TrialConfig
     networks: list[torch.nn.Module]
+    flips: FlipPolicy = field(default_factory=FlipPolicy)  # what it was trained with; TTA keeps to it
 
     @property
     def size(self) -> tuple[int, int]:
         return as_size(self.config.data.resize)
 
+    @property
+    def channels(self) -> int:
+        return self.config.model.in_channels
 
-def load_members(run: store.RunDir, num_outputs: int, device: torch.device, model: str | None
+
+def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, model: str | None
                  ) -> tuple[list[Member], dict]:
     """The ensemble (or one promoted model) with all its fold checkpoints loaded on `device`."""
     from automl.promote import PromotedPaths, model_name
-    from trainables.train import build_model, load_checkpoint
+    from trainables.train import build_model, flip_policy, load_checkpoint
 
     paths = PromotedPaths(run.root)
     if not paths.plan.exists():
@@ -67,9 +73,9 @@ def load_members(run: store.RunDir, num_outputs: int, device: torch.device, mode
     members = []
     for name, weight in chosen:
         config = TrialConfig(**plan["models"][name]["config"])
-        networks = [load_checkpoint(build_model(config, num_outputs), paths.fold_dir(name, k) / "best.pt")
+        networks = [load_checkpoint(build_model(config, spec.num_outputs), paths.fold_dir(name, k) / "best.pt")
                     .to(device).eval() for k in range(plan["folds"])]
-        members.append(Member(name, weight, config, networks))
+        members.append(Member(name, weight, config, networks, flip_policy(config, spec)))
     return members, {**decisions, "eval_size": tuple(plan["eval_size"])}
 
 
@@ -85,32 +91,33 @@ def list_prediction_images(images: str | Path) -> list[Path]:
     return found
 
 
-def decide(probabilities: torch.Tensor, task: str, thresholds: list[float] | None) -> np.ndarray:
-    """C x H x W probabilities -> HxW class indices (multiclass, binary 0/1) or CxHxW bool."""
-    if task == "multiclass":
-        return probabilities.argmax(dim=0).numpy().astype(np.uint8)
-    cut = torch.tensor(thresholds if thresholds is not None else [0.5] * probabilities.shape[0]).view(-1, 1, 1)
-    above = (probabilities > cut).numpy()
-    return above[0].astype(np.uint8) if task == "binary" else above
-
-
-def predict_batch(members: list[Member], images: list[np.ndarray], task: str, device: torch.device, tta: str,
-                  scales: tuple[float, ...], eval_size: tuple[int, int]) -> torch.Tensor:
+def predict_batch(members: list[Member], images: list[np.ndarray], spec: DatasetSpec, device: torch.device,
+                  tta: str, scales: tuple[float, ...], eval_size: tuple[int, int]) -> torch.Tensor:
     """Weighted mean probabilities of the members (each the mean of its folds) at eval_size: B x C x h x w."""
     from trainables.infer import tta_probabilities
     from trainables.train import Normalizer
 
-    normalize = Normalizer(device, channels_last=device.type == "cuda")
     total, weight_sum = None, 0.0
     for member in members:
-        batch = np.stack([resize_image(image, member.size) for image in images]).transpose(0, 3, 1, 2)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(batch)))
-        folds = torch.stack([tta_probabilities(net, x, task, tta, scales) for net in member.networks]).mean(dim=0)
+        normalize = Normalizer(device, channels_last=device.type == "cuda", channels=member.channels)
+        batch = np.stack([resize_image(match_channels(image, member.channels), member.size) for image in images])
+        x = normalize(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
+        swaps = member.flips.swaps(spec.class_names)
+        folds = torch.stack([tta_probabilities(net, x, spec.task, tta, scales, member.flips.horizontal, swaps)
+                             for net in member.networks]).mean(dim=0)
         if tuple(folds.shape[-2:]) != eval_size:
             folds = F.interpolate(folds, size=eval_size, mode="bilinear", align_corners=False)
         total = folds * member.weight if total is None else total + folds * member.weight
         weight_sum += member.weight
     return (total / weight_sum).cpu()
+
+
+def flip_note(flips: FlipPolicy) -> str:
+    if not flips.horizontal:
+        return "TTA: no flipped views (the dataset's flips: {horizontal: false})"
+    if flips.pairs:
+        return f"TTA: flipped views swap the mirrored classes back: {', '.join(f'{a}<->{b}' for a, b in flips.pairs)}"
+    return ""
 
 
 def to_original_size(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -169,20 +176,24 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
     spec = load_dataset_spec(settings.dataset)
     paths = list_prediction_images(images)
     device = pick_device()
-    members, decisions = load_members(run, spec.num_outputs, device, model)
+    members, decisions = load_members(run, spec, device, model)
     evaluation = Evaluation(evaluate) if evaluate else None
     class_names = ["foreground"] if spec.task == "binary" and len(spec.classes) > 1 else spec.class_names
     writer = create_writer(format, Path(out), spec.task, class_names, single_polygon=single_polygon,
                            rle_order=rle_order)
     echo(f"predicting {len(paths)} images with {', '.join(f'{m.name} x{m.weight:.2f}' for m in members)} "
          f"({sum(len(m.networks) for m in members)} checkpoints), TTA {tta}")
+    if tta != "none":
+        for line in sorted({flip_note(member.flips) for member in members} - {""}):
+            echo(line)
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         originals = [formats.read_image(p) for p in chunk]
-        probabilities = predict_batch(members, originals, spec.task, device, tta, tuple(scales), decisions["eval_size"])
+        probabilities = predict_batch(members, originals, spec, device, tta, tuple(scales), decisions["eval_size"])
         for path, image, probs in zip(chunk, originals, probabilities):
             full = to_original_size(probs, image.shape[:2])
-            mask = apply_plan(decide(full, spec.task, decisions["thresholds"]), spec.task, decisions["postprocess"])
+            mask = to_masks(full.numpy()[None], spec.task, decisions["thresholds"])[0]
+            mask = apply_plan(mask, spec.task, decisions["postprocess"])
             writer.add(path, formats.relative_id(spec, path), mask, full.numpy())
             if evaluation:
                 evaluation.add(path, mask)

@@ -81,6 +81,7 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     from ray import tune
 
     from automl.data.cache import ResizeCache
+    from automl.data.formats import match_channels
     from trainables.data import TrainData
     from trainables.infer import predict_probabilities, to_uint8
     from trainables.train import build_model, load_checkpoint, pick_device, train
@@ -100,7 +101,8 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     device = pick_device()
     network = load_checkpoint(build_model(trial_config, dataset.spec.num_outputs), out / "best.pt").to(device)
     cache = ResizeCache(dataset, trial_config.data.resize)
-    images = np.stack([np.asarray(cache[position[i]].image) for i in val_ids])
+    channels = trial_config.model.in_channels
+    images = np.stack([match_channels(np.asarray(cache[position[i]].image), channels) for i in val_ids])
     probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size)
     store.save_npy(out / "oof.npy", to_uint8(probabilities))
     store.write_json(out / "done.json", {"model": model, "fold": fold, "ids": val_ids, "score": result.best_score,

@@ -25,6 +25,7 @@ from automl.data.splits import group_subsample, holdout, strata
 from automl.data.stats import LabelStats, label_stats
 from automl.errors import UserError
 from automl.metrics import METRIC_NAME
+from automl.plan import DataPlan, plan_data
 from automl.space import SearchSpace, load_space, unflatten
 
 TRIAL_NUMBER = "__trial_number"
@@ -223,8 +224,9 @@ def make_search_split(dataset: SegmentationDataset, stats: LabelStats, subsample
             "train": [ids[i] for i in train_pool[chosen]], "val": [ids[i] for i in np.flatnonzero(is_val)]}
 
 
-def resolve_settings(options: SearchOptions, run: store.RunDir, space: SearchSpace, task: str) -> StudySettings:
-    return StudySettings(
+def resolve_settings(options: SearchOptions, run: store.RunDir, space: SearchSpace, task: str, plan: DataPlan
+                     ) -> StudySettings:
+    return StudySettings(decisions=plan.to_dict(),
         study=run.study, dataset=str(Path(options.data).resolve()), task=task, metric=METRIC_NAME[task],
         space=space.to_dict(), trials=options.trials, seed=options.seed, storage=storage_url(options, run),
         val_fraction=options.val_fraction, cpus_per_trial=options.cpus_per_trial,
@@ -245,9 +247,17 @@ def check_options(options: SearchOptions) -> None:
         raise UserError(f"--sampler must be tpe or random, got '{options.sampler}'", key="--sampler")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0", key="--cpus-per-trial")
+    if options.time_budget is not None and options.time_budget <= 0:
+        raise UserError(f"--time-budget must be a positive number of seconds, got {options.time_budget}",
+                        key="--time-budget", fix="e.g. --time-budget 3600, or leave it out for no limit")
+    if options.max_concurrent is not None and options.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be at least 1, got {options.max_concurrent}", key="--max-concurrent")
+    if not 0 < options.val_fraction < 1:
+        raise UserError(f"the validation fraction must be in (0, 1), got {options.val_fraction}", key="val_fraction")
 
 
-def prepare(options: SearchOptions) -> tuple[store.RunDir, SearchSpace, StudySettings, dict]:
+def prepare(options: SearchOptions, echo: Callable[[str], None] = print
+            ) -> tuple[store.RunDir, SearchSpace, StudySettings, dict]:
     """Everything decided before Ray starts: the space, the study folder, settings and the split."""
     check_options(options)
     spec = load_dataset_spec(options.data)
@@ -269,14 +279,17 @@ def prepare(options: SearchOptions) -> tuple[store.RunDir, SearchSpace, StudySet
         split = store.read_json(run.search_split)
         settings = settings.model_copy(update={"trials": options.trials})
     else:
-        stats = label_stats(dataset)  # image sizes and class pixels, read once for the space and the split
-        space = load_space(options.space, median_side(stats), options.fixed)
+        stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
+        plan = plan_data(spec, stats)
+        for note in plan.notes():
+            echo(note)
+        space = load_space(options.space, median_side(stats), options.fixed, defaults=plan.defaults())
         fidelity = space.fidelity.model_copy(update={k: v for k, v in {
             "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
         space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,
                                                                           fidelity.max_epochs)})
         run.root.mkdir(parents=True, exist_ok=True)
-        settings = resolve_settings(options, run, space, spec.task)
+        settings = resolve_settings(options, run, space, spec.task, plan)
         split = make_search_split(dataset, stats, space.fidelity.subsample, options.val_fraction, options.seed)
         store.write_json(run.search_split, split)
     store.write_yaml(run.settings_file, settings.model_dump())
@@ -358,7 +371,7 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    run, space, settings, split = prepare(options)
+    run, space, settings, split = prepare(options, echo)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(settings.storage)
     study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize", load_if_exists=True)

@@ -7,16 +7,22 @@ from pathlib import Path
 
 from automl.config import load_dataset_spec, load_trial_config
 from automl.data.dataset import SegmentationDataset
+from automl.data.stats import label_stats
+from automl.plan import plan_data
 from trainables.data import TrainData
 from trainables.train import TrainResult, train
 
 
 def run_single(config_path: str | Path, dataset_yaml: str | Path, out: str | Path | None = None,
                val_fraction: float = 0.2, seed: int = 0, echo=print) -> TrainResult:
-    config = load_trial_config(config_path)
     dataset = SegmentationDataset(load_dataset_spec(dataset_yaml))
+    stats = label_stats(dataset)  # one read of the labels: the plan and the stratified split
+    plan = plan_data(dataset.spec, stats)
+    for note in plan.notes():
+        echo(note)
+    config = load_trial_config(config_path, defaults=plan.defaults())
     out = Path(out) if out else Path("runs") / "train" / time.strftime("%Y%m%d-%H%M%S")
-    data = TrainData.holdout_split(dataset, config.data.resize, val_fraction, seed)
+    data = TrainData.holdout_split(dataset, stats, val_fraction, seed)
     echo(f"training {config.model.arch}/{config.model.encoder} on {len(data.train_indices)} images, "
          f"validating on {len(data.val_indices)}; writing {out}")
 

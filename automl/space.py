@@ -164,12 +164,16 @@ def _read_space_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def load_space(name: str | Path, median_side: int | None = None, fixed_overrides: dict[str, Any] | None = None
-               ) -> SearchSpace:
-    """Read, merge and validate a space. Sizes with `scale: dataset` become pixels of `median_side`."""
+def load_space(name: str | Path, median_side: int | None = None, fixed_overrides: dict[str, Any] | None = None,
+               defaults: dict[str, Any] | None = None) -> SearchSpace:
+    """Read, merge and validate a space. Sizes with `scale: dataset` become pixels of `median_side`.
+    `defaults` (what the data decided) pin keys the space neither searches nor pins; `fixed_overrides`
+    (--set) pin keys whatever the space says."""
     path = space_path(name)
     merged = _read_space_file(path)
-    fixed = {**merged["fixed"], **(fixed_overrides or {})}
+    unset = {key: value for key, value in (defaults or {}).items()
+             if key not in merged["fixed"] and key not in merged["params"]}
+    fixed = {**unset, **merged["fixed"], **(fixed_overrides or {})}
     params = {key: spec for key, spec in merged["params"].items() if key not in (fixed_overrides or {})}
     try:
         fidelity = Fidelity(**merged["fidelity"])
@@ -201,7 +205,8 @@ def scale_sizes(space: SearchSpace, median_side: int | None) -> None:
 
 
 def validate_space(space: SearchSpace, path: Path) -> None:
-    """Every value the space can produce must make a valid TrialConfig: names, types and ranges."""
+    """Every value the space can produce must make a valid TrialConfig: names, types and ranges, and every
+    architecture x encoder pair it can sample must be one smp builds."""
     base = dict(space.fixed)
     _check(space, base, path, key=None)
     for key, spec in space.params.items():
@@ -210,6 +215,27 @@ def validate_space(space: SearchSpace, path: Path) -> None:
             values = [int(v) for v in values]
         for value in values:
             _check(space, {**base, key: value}, path, key)
+    _check_model_pairs(space, path)
+
+
+def _check_model_pairs(space: SearchSpace, path: Path) -> None:
+    from trainables.models import check_buildable
+
+    def values(key: str, default: str) -> list:
+        if key in space.params:
+            return list(space.params[key].choices or [])
+        return [space.fixed.get(key, default)]
+
+    defaults = TrialConfig().model
+    for arch in values("model.arch", defaults.arch):
+        for encoder in values("model.encoder", defaults.encoder):
+            try:
+                check_buildable(str(arch), str(encoder))
+            except ValueError as e:
+                section = "params" if "model.encoder" in space.params else "fixed"
+                raise UserError(str(e), file=path, key=f"{section}.model.encoder",
+                                fix=f"remove {arch} or {encoder} from the choices, or pin a pair that builds"
+                                ) from None
 
 
 def _check(space: SearchSpace, flat: dict[str, Any], path: Path, key: str | None) -> None:

@@ -105,14 +105,14 @@ def test_the_same_seed_samples_the_same_first_configs():
 
 def test_crashing_and_non_finite_trials_are_recorded_not_fatal(tmp_path, ray_session):
     dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
-    cases = {"crash": {"model.arch": "pan"},  # PAN cannot run on 64-pixel inputs: the trial raises
-             "nan": {"optim.name": "sgd", "optim.lr": 1e15}}
+    # smp builds a Swin encoder, but it only takes 224-pixel inputs: the trial raises in its first step
+    cases = {"crash": {"model.encoder": "tu-swin_tiny_patch4_window7_224"},
+             "nan": {"model.encoder": "tu-test_resnet", "optim.name": "sgd", "optim.lr": 1e15}}
     for study, fixed in cases.items():
         run_search(SearchOptions(data=dataset_yaml, study=study, runs_dir=tmp_path / "runs", trials=1,
-                                 max_epochs=2, wandb="offline", fixed={"model.encoder": "tu-test_resnet", **fixed}),
-                   echo=lambda line: None)
+                                 max_epochs=2, wandb="offline", fixed=fixed), echo=lambda line: None)
     crash = load(tmp_path, "crash").trials[0]
-    assert crash.state.name == "FAIL" and "Output size is too small" in crash.user_attrs["error"]
+    assert crash.state.name == "FAIL" and "doesn't match model (224)" in crash.user_attrs["error"]
     nan = load(tmp_path, "nan").trials[0]
     assert nan.state.name == "PRUNED" and "non-finite loss" in nan.user_attrs["nonfinite_loss"]
     assert not nan.intermediate_values or np.isfinite(list(nan.intermediate_values.values())).all()

@@ -52,9 +52,49 @@ def xray() -> list:
     return [A.CLAHE(p=0.5), A.Sharpen(p=0.3), A.RandomBrightnessContrast(p=0.5), A.GridDropout(ratio=0.3, p=0.2)]
 
 
-def build_augmentation(name: str, crop: int | None = None, seed: int | None = None) -> A.Compose:
-    """Albumentations keeps its own random state: `seed` makes a run repeatable."""
-    transforms = AUGMENTATIONS.get(name)()
+def mirror_permutation(num_outputs: int, swaps) -> list[int]:
+    """Channel order after a horizontal flip: each mirrored pair trades places."""
+    order = list(range(num_outputs))
+    for a, b in swaps:
+        order[a], order[b] = order[b], order[a]
+    return order
+
+
+class PairedHorizontalFlip(A.HorizontalFlip):
+    """A horizontal flip that also swaps mirrored classes (a flipped left lung is a right lung): multilabel
+    masks (HxWxC) swap channels, multiclass masks (HxW) swap values."""
+
+    def __init__(self, swaps=(), p: float = 0.5):
+        super().__init__(p=p)
+        self.swaps = tuple((int(a), int(b)) for a, b in swaps)
+
+    def apply_to_mask(self, mask: np.ndarray, **params) -> np.ndarray:
+        flipped = super().apply_to_mask(mask, **params)
+        if flipped.ndim == 3:
+            return np.ascontiguousarray(flipped[..., mirror_permutation(flipped.shape[2], self.swaps)])
+        values = np.arange(256, dtype=flipped.dtype)
+        values[mirror_permutation(256, self.swaps)] = np.arange(256, dtype=flipped.dtype)
+        return values[flipped]
+
+
+def with_flip_policy(transforms: list, horizontal: bool = True, swaps=()) -> list:
+    """The set's horizontal flips removed (horizontal=False) or made to swap the mirrored classes."""
+    adjusted = []
+    for transform in transforms:
+        if isinstance(transform, A.HorizontalFlip):
+            if not horizontal:
+                continue
+            if swaps:
+                transform = PairedHorizontalFlip(swaps, p=transform.p)
+        adjusted.append(transform)
+    return adjusted
+
+
+def build_augmentation(name: str, crop: int | None = None, seed: int | None = None, horizontal: bool = True,
+                       swaps=()) -> A.Compose:
+    """Albumentations keeps its own random state: `seed` makes a run repeatable. `horizontal` and `swaps`
+    carry the dataset's flip policy (no horizontal flips, or flips that swap mirrored classes)."""
+    transforms = with_flip_policy(AUGMENTATIONS.get(name)(), horizontal, swaps)
     if crop:
         transforms = [A.CropNonEmptyMaskIfExists(crop, crop), *transforms]
     return A.Compose(transforms, seed=seed)

@@ -10,8 +10,9 @@ from torch.utils.data import Dataset
 
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
+from automl.data.formats import match_channels
 from automl.data.splits import holdout, strata
-from automl.data.stats import class_pixels
+from automl.data.stats import LabelStats
 from trainables.augment import apply
 
 
@@ -30,33 +31,29 @@ class TrainData:
         return cls(dataset, [position[i] for i in train_ids], [position[i] for i in val_ids])
 
     @classmethod
-    def holdout_split(cls, dataset: SegmentationDataset, size, val_fraction: float = 0.2, seed: int = 0
-                      ) -> "TrainData":
-        """A seeded group holdout, stratified by the classes each image holds (read from the cache)."""
-        cache = ResizeCache(dataset, size)
-        cache.ensure()
-        spec = dataset.spec
-        pixels = np.stack([class_pixels(np.asarray(cache[i].mask), spec.task, spec.num_outputs)
-                           for i in range(len(dataset))])
-        is_val = holdout(dataset.groups, strata(pixels, spec.task), val_fraction, seed)
+    def holdout_split(cls, dataset: SegmentationDataset, stats: LabelStats, val_fraction: float = 0.2,
+                      seed: int = 0) -> "TrainData":
+        """A seeded group holdout, stratified by the classes each image holds."""
+        is_val = holdout(dataset.groups, strata(stats.pixels, dataset.spec.task), val_fraction, seed)
         return cls(dataset, np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist())
 
 
 class SegmentationTorchDataset(Dataset):
-    """uint8 CHW images and task-shaped targets from the resize cache, augmented on the fly.
+    """uint8 CHW images (`channels` of them) and task-shaped targets from the resize cache, augmented on the fly.
 
     Targets: multiclass HxW int64 (ignore_index kept), multilabel CxHxW float, binary 1xHxW float.
     """
 
-    def __init__(self, cache: ResizeCache, indices: list[int], task: str, augmentation=None):
+    def __init__(self, cache: ResizeCache, indices: list[int], task: str, augmentation=None, channels: int = 3):
         self.cache, self.indices, self.task, self.augmentation = cache, list(indices), task, augmentation
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.cache[self.indices[item]]
-        image, mask = np.asarray(sample.image), np.asarray(sample.mask)
+        image, mask = match_channels(np.asarray(sample.image), self.channels), np.asarray(sample.mask)
         if self.augmentation is not None:
             image, mask = apply(self.augmentation, image, mask)
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

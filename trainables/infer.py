@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.augment import mirror_permutation
 from trainables.train import Normalizer
 
 
@@ -16,9 +17,9 @@ def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, images: np.ndarray, task: str, device: torch.device,
                           out_size: tuple[int, int] | None = None, batch_size: int = 8) -> np.ndarray:
-    """N x H x W x 3 uint8 images -> N x C x h x w float32 probabilities (resized to out_size if given)."""
+    """N x H x W x channels uint8 images -> N x C x h x w float32 probabilities (resized to out_size if given)."""
     model.eval()
-    normalize = Normalizer(device, channels_last=device.type == "cuda")
+    normalize = Normalizer(device, channels_last=device.type == "cuda", channels=images.shape[-1])
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
@@ -39,17 +40,20 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor
 
 @torch.no_grad()
 def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, task: str, tta: str = "none",
-                      scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+                      scales: tuple[float, ...] = (1.0,), horizontal: bool = True, swaps=()) -> torch.Tensor:
     """Probabilities of a normalised batch, averaged over test-time augmentations, each undone first:
-    none; flip (horizontal); flip+scale (every scale, each with its flip, resized back)."""
+    none; flip (horizontal); flip+scale (every scale, each with its flip, resized back). The dataset's flip
+    policy holds here too: horizontal=False drops the flipped views, `swaps` trades the channels of
+    mirrored classes back after a flip (what the model calls left in a mirrored image is the right one)."""
     height, width = x.shape[-2:]
     outputs = []
     for scale in (scales if tta == "flip+scale" else (1.0,)):
         size = (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         views = [_forward(model, scaled, task)]
-        if tta in ("flip", "flip+scale"):
-            views.append(_forward(model, scaled.flip(-1), task).flip(-1))
+        if tta in ("flip", "flip+scale") and horizontal:
+            flipped = _forward(model, scaled.flip(-1), task).flip(-1)
+            views.append(flipped[:, mirror_permutation(flipped.shape[1], swaps)] if swaps else flipped)
         for view in views:
             outputs.append(view if size == (height, width) else
                            F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False))

@@ -18,10 +18,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from automl import store
-from automl.config import TrialConfig
+from automl.config import DatasetSpec, FlipPolicy, TrialConfig
 from automl.data.cache import ResizeCache
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from trainables.augment import build_augmentation
@@ -69,11 +69,14 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 class Normalizer:
-    """uint8 NCHW batch -> float, ImageNet-normalised, on the device (cheaper than in the workers)."""
+    """uint8 NCHW batch -> float, ImageNet-normalised, on the device (cheaper than in the workers).
+    One channel (gray) takes the mean of ImageNet's three statistics."""
 
-    def __init__(self, device: torch.device, channels_last: bool):
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    def __init__(self, device: torch.device, channels_last: bool, channels: int = 3):
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((sum(IMAGENET_MEAN) / 3,),
+                                                                         (sum(IMAGENET_STD) / 3,))
+        self.mean = torch.tensor(mean, device=device).view(1, channels, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, channels, 1, 1) * 255
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -82,21 +85,37 @@ class Normalizer:
         return ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
+def flip_policy(config: TrialConfig, spec: DatasetSpec) -> FlipPolicy:
+    """The run's flips: the config's (a search saves the resolved policy there), else the dataset.yaml's."""
+    return config.data.flips or spec.flips or FlipPolicy()
+
+
+def images_per_epoch(train_images: int, batch_size: int, min_steps: int) -> int:
+    """An epoch is max(one pass, min_steps optimizer steps): small datasets are passed over several times."""
+    return max(train_images, min_steps * batch_size)
+
+
 def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> tuple[DataLoader, DataLoader]:
     spec = data.dataset.spec
     cache = ResizeCache(data.dataset, config.data.resize, workers=max(1, config.train.num_workers or 2))
     cache.ensure(data.train_indices + data.val_indices)  # decode once, before the first epoch
-    augmentation = build_augmentation(config.data.augment, config.data.crop, seed=config.train.seed)
-    train_set = SegmentationTorchDataset(cache, data.train_indices, spec.task, augmentation)
-    val_set = SegmentationTorchDataset(cache, data.val_indices, spec.task)
+    flips = flip_policy(config, spec)
+    augmentation = build_augmentation(config.data.augment, config.data.crop, seed=config.train.seed,
+                                      horizontal=flips.horizontal, swaps=flips.swaps(spec.class_names))
+    channels = config.model.in_channels
+    train_set = SegmentationTorchDataset(cache, data.train_indices, spec.task, augmentation, channels)
+    val_set = SegmentationTorchDataset(cache, data.val_indices, spec.task, channels=channels)
     generator = torch.Generator().manual_seed(config.train.seed)
     options = dict(num_workers=config.train.num_workers, pin_memory=device.type == "cuda",
                    persistent_workers=config.train.num_workers > 0,
                    worker_init_fn=partial(seed_worker, config.train.seed))
     batch_size = config.data.batch_size
+    epoch_images = images_per_epoch(len(train_set), batch_size, config.train.min_steps_per_epoch)
+    # whole shuffled passes, repeated until the epoch has its images (no image twice before all once)
+    sampler = RandomSampler(train_set, num_samples=epoch_images, generator=generator)
     # drop only a last batch of one image (BatchNorm cannot train on it); small datasets keep every image
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
-                              drop_last=len(train_set) % batch_size == 1, **options)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
+                              drop_last=epoch_images % batch_size == 1, **options)
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, **options)
     return train_loader, val_loader
 
@@ -137,7 +156,8 @@ def evaluate(model, loader, loss_fn, normalize, meter: SegmentationMeter, amp: b
 
 
 def build_model(config: TrialConfig, num_outputs: int) -> torch.nn.Module:
-    return create_model(config.model.arch, config.model.encoder, num_outputs, config.model.encoder_weights)
+    return create_model(config.model.arch, config.model.encoder, num_outputs, config.model.encoder_weights,
+                        in_channels=config.model.in_channels)
 
 
 def train(config: TrialConfig, data: TrainData, report: Report | None = None, out_dir: str | Path | None = None,
@@ -158,11 +178,12 @@ def train(config: TrialConfig, data: TrainData, report: Report | None = None, ou
     schedule = Schedule(optimizer, config.schedule.name, config.train.epochs, len(train_loader),
                         config.schedule.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    normalize = Normalizer(device, channels_last=cuda)
+    normalize = Normalizer(device, channels_last=cuda, channels=config.model.in_channels)
     out = Path(out_dir) if out_dir else None
     if out:
         store.write_json(out / "config.json", config.model_dump(mode="json"))
     result = TrainResult(best_score=-1.0, best_epoch=0, epochs_run=0)
+    steps = 0
     for epoch in range(1, config.train.epochs + 1):
         start = time.perf_counter()
         train_loss, images = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, normalize,
@@ -171,8 +192,10 @@ def train(config: TrialConfig, data: TrainData, report: Report | None = None, ou
         meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
         score, per_class, val_loss = evaluate(model, val_loader, loss_fn, normalize, meter, amp)
         schedule.after_epoch(score)
+        steps += len(train_loader)
         metrics = {"epoch": epoch, "score": score, "metric": METRIC_NAME[spec.task], "train_loss": train_loss,
-                   "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"],
+                   "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], "steps": steps,
+                   "steps_per_epoch": len(train_loader), "train_images": images,
                    "train_images_per_s": images / train_seconds, "seconds": time.perf_counter() - start,
                    "per_class": [None if np.isnan(v) else float(v) for v in per_class]}
         result.epochs_run = epoch

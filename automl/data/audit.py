@@ -1,8 +1,9 @@
 """`automl data audit`: the samples worth a second look before spending GPU days on them.
 
 Flags unreadable images, images without labels and labels without images, empty masks, polygons outside
-the image, unknown class names, and per-class mask-area outliers (|z| above a threshold: a winning
-hair-segmentation team dropped |z| > 1.2 as label noise).
+the image, unknown class names, per-class mask-area outliers (|z| above a threshold: a winning
+hair-segmentation team dropped |z| > 1.2 as label noise) and mirrored class pairs (a left and a right lung,
+which a horizontal flip turns into each other).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.table import Table
 from automl import store
 from automl.data import formats
 from automl.data.dataset import SegmentationDataset
+from automl.data.flips import decide_flips, mirrored_pairs
 from automl.data.stats import LabelStats, label_stats
 from automl.errors import UserError
 
@@ -80,11 +82,17 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     flags += [f for f in undecodable_images(dataset) if f["id"] not in unreadable]
     flags += empty_masks(stats, spec.task)
     flags += area_outliers(stats, spec.class_names, z)
+    pairs = mirrored_pairs(stats, spec.class_names, spec.task)
+    flags += [{"id": "(dataset)", "reason": "mirrored_pair", "detail": pair.detail()} for pair in pairs]
     table = pd.DataFrame(flags, columns=COLUMNS)
     csv_path = Path(csv) if csv else Path(spec.source).with_name("audit.csv")
     with store.atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
-    _print(table, len(dataset), csv_path, console or Console())
+    console = console or Console()
+    _print(table, len(dataset), csv_path, console)
+    decision = decide_flips(spec, stats)
+    if decision.note:
+        console.print(decision.note)
     return table
 
 

@@ -20,12 +20,13 @@ from automl import store
 from automl.data.dataset import SegmentationDataset
 
 CV2_MAX_CHANNELS = 128  # cv2.resize refuses 256 channels and more
+CACHE_FORMAT = 2  # 2: images keep their channel count (1 or 3); deep images are scaled, not truncated
 
 
 @dataclass
 class CachedSample:
     id: str
-    image: np.ndarray  # HxWx3 uint8 (memory-mapped)
+    image: np.ndarray  # HxWxC uint8, C = 1 or 3 (memory-mapped)
     mask: np.ndarray  # HxW uint8 or CxHxW bool (memory-mapped)
     orig_size: tuple[int, int]
 
@@ -44,7 +45,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return np.ascontiguousarray(image)
     shrinking = height * width < image.shape[0] * image.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized  # cv2 drops a 1-channel axis
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -78,7 +80,7 @@ class ResizeCache:
 
     def _meaning(self) -> str:
         spec = self.dataset.spec
-        return json.dumps([spec.task, spec.class_names, spec.classes, spec.labels.format,
+        return json.dumps([CACHE_FORMAT, spec.task, spec.class_names, spec.classes, spec.labels.format,
                            spec.effective_ignore_index, self.size])
 
     def _key(self, index: int, meaning: str) -> str:

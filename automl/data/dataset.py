@@ -22,13 +22,34 @@ class SegmentationDataset:
         self.strict = strict
         self.reader = formats.create_reader(spec)
         self.listing: Listing = self.reader.listing()
-        self.records: list[Record] = self.listing.records
+        self.excluded: list[str] = []
+        self.records: list[Record] = self._without_excluded(self.listing.records)
         if strict:
             self._raise_fatal(self.listing.issues, spec.source)
         if not self.records:
             raise UserError(f"none of the {len(self.listing.unlabeled_images)} images matched by `images` has a "
                             f"label in {spec.labels.path}", file=spec.source, key="labels.path",
                             fix="check that label files are named like the images")
+
+    def _without_excluded(self, records: list[Record]) -> list[Record]:
+        """`exclude:` names image ids (one per line, as `automl data audit` lists them) left out of training."""
+        if not self.spec.exclude:
+            return records
+        path = self.spec.resolve(self.spec.exclude)
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the exclusion list {path}: {e}", file=self.spec.source, key="exclude",
+                            fix="point it at a text file of image ids, one per line") from None
+        excluded = {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+        kept = [record for record in records if record.id not in excluded]
+        self.excluded = sorted(excluded & {record.id for record in records})
+        unknown = len(excluded) - len(self.excluded)
+        if unknown:
+            self.listing.issues.append(Issue("exclude_unmatched", f"{unknown} ids in {path.name} match no labelled "
+                                                                  f"image (ids are paths relative to the root)",
+                                             fatal=False))
+        return kept
 
     @classmethod
     def from_yaml(cls, path: str | Path, strict: bool = True) -> "SegmentationDataset":

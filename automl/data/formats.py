@@ -43,7 +43,7 @@ class Record:
 
 @dataclass(frozen=True)
 class Issue:
-    kind: str  # unknown_class | outside_image | size_mismatch | bad_label
+    kind: str  # unknown_class | outside_image | size_mismatch | bad_label | basename_match | ...
     detail: str
     fatal: bool = True
 
@@ -52,7 +52,7 @@ class Issue:
 class Sample:
     id: str
     group: str
-    image: np.ndarray  # HxWx3 uint8, RGB
+    image: np.ndarray  # HxWxC uint8: C = 1 (gray) or 3 (RGB)
     mask: np.ndarray  # HxW uint8, or CxHxW bool for multilabel
     orig_size: tuple[int, int]  # (height, width) of the source image
 
@@ -67,43 +67,159 @@ class Listing:
 
 # ---------------------------------------------------------------- images
 
+# PIL modes that decode to one channel, with their bits per channel (PNG headers are read for the rest).
+ONE_CHANNEL_MODES = {"1": 1, "L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+EXIF_ORIENTATION = 0x0112
+# cv2 keeps the bit depth and a gray image's single channel; orientation is applied below, from the same
+# EXIF tag the size is read from, so pixels and sizes always agree.
+DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: size as displayed (EXIF orientation applied), channels and bits per channel."""
+
+    height: int
+    width: int
+    channels: int  # 1 or 3: what read_image returns
+    bits: int  # 8, 16, 32 (float or int32), 1 (bilevel)
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image as HxWx3 uint8 RGB. A LabelMe JSON yields its embedded (or referenced) image."""
+    """Decode an image as HxWxC uint8 with C = 1 (gray) or 3 (RGB); alpha is dropped.
+
+    16-bit, 32-bit and float images are scaled per image from their own min..max to 0..255 (never
+    truncated to a byte); EXIF orientation is applied. A LabelMe JSON yields its embedded (or referenced) image.
+    """
     path = Path(path)
     if path.suffix.lower() == ".json":
         return _read_labelme_image(path)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise UserError(f"cannot read this image: {e.strerror}", file=path) from None
+    return decode_image(data, path, _orientation(path))
+
+
+def decode_image(data: np.ndarray, source: str | Path, orientation: int = 1) -> np.ndarray:
+    image = cv2.imdecode(data, DECODE_FLAGS) if data.size else None
     if image is None:
-        raise UserError("cannot decode this image", file=path,
+        raise UserError("cannot decode this image", file=source,
                         fix="replace or remove the file; `automl data audit` lists all such files")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 2:
+        image = image[..., None]
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = image if image.ndim == 3 else image[..., None]
+    return np.ascontiguousarray(orient(to_uint8(image), orientation))
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) without decoding the pixels where the format allows."""
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit stays as it is; deeper images are stretched from their own min..max to 0..255."""
+    if image.dtype == np.uint8:
+        return image
+    values = image.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(image.shape, np.uint8)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    values = np.where(finite, values, low)
+    if high <= low:
+        return np.zeros(image.shape, np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) the way PIL's ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return image[:, ::-1]
+    if orientation == 3:
+        return image[::-1, ::-1]
+    if orientation == 4:
+        return image[::-1]
+    if orientation == 5:
+        return image.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(image, -1)
+    if orientation == 7:
+        return image[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(image, 1)
+    return image
+
+
+def _orientation(source) -> int:
+    try:
+        with Image.open(source) as im:
+            return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:
+        return 1
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Size, channels and bit depth from the header, without decoding the pixels where the format allows."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         data = _load_json(path)
         if "imageHeight" in data and "imageWidth" in data:
-            return int(data["imageHeight"]), int(data["imageWidth"])
-        return read_image(path).shape[:2]
+            return ImageInfo(int(data["imageHeight"]), int(data["imageWidth"]), 3, 8)
+        image = read_image(path)
+        return ImageInfo(image.shape[0], image.shape[1], image.shape[2], 8)
     try:
         with Image.open(path) as im:
             width, height = im.size
+            mode, orientation = im.mode, int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            png_depth = _png_bit_depth(path) if im.format == "PNG" else None
     except Exception:
         raise UserError("cannot read this image", file=path,
                         fix="replace or remove the file; `automl data audit` lists all such files") from None
-    return height, width
+    if orientation in (5, 6, 7, 8):
+        height, width = width, height
+    channels = 1 if mode in ONE_CHANNEL_MODES else 3
+    bits = png_depth or ONE_CHANNEL_MODES.get(mode, 8)
+    return ImageInfo(height, width, channels, bits)
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bits per channel from the PNG header (PIL reports 48-bit RGB as 8-bit RGB); palettes count as 8."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    if len(header) < 26:
+        return None
+    depth, colour_type = header[24], header[25]
+    return 8 if colour_type == 3 else depth
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) as displayed (EXIF orientation applied), without decoding the pixels."""
+    info = image_info(path)
+    return info.height, info.width
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An HxWxC image with the channels a model takes: gray is repeated to RGB, RGB is turned to gray."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None]
 
 
 def _read_labelme_image(path: Path) -> np.ndarray:
     data = _load_json(path)
     if data.get("imageData"):
-        buffer = np.frombuffer(base64.b64decode(data["imageData"]), np.uint8)
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError("imageData is not a decodable image", file=path, key="imageData")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        try:
+            buffer = np.frombuffer(base64.b64decode(data["imageData"]), np.uint8)
+        except ValueError:
+            raise UserError("imageData is not base64", file=path, key="imageData") from None
+        try:
+            return decode_image(buffer, path, _orientation(io.BytesIO(buffer.tobytes())))
+        except UserError:
+            raise UserError("imageData is not a decodable image", file=path, key="imageData") from None
     if data.get("imagePath"):
         return read_image(path.parent / data["imagePath"])
     raise UserError("a LabelMe JSON matched by `images` has neither imageData nor imagePath", file=path,
@@ -337,17 +453,25 @@ class CocoReader(Reader):
 
     def listing(self) -> Listing:
         by_name = {img["file_name"].replace("\\", "/"): img for img in self.coco.dataset["images"]}
-        records, unlabeled, matched = [], [], set()
+        by_basename = _unique_basenames(by_name)
+        records, unlabeled, matched, by_basename_only = [], [], set(), 0
         for path in list_images(self.spec):
             image_id = relative_id(self.spec, path)
             entry = _match_by_suffix(image_id, by_name)
+            if entry is None and path.name in by_basename and by_basename[path.name]["id"] not in matched:
+                entry, by_basename_only = by_basename[path.name], by_basename_only + 1
             if entry is None:
                 unlabeled.append(image_id)
                 continue
             matched.add(entry["id"])
             records.append(Record(image_id, path, self.group_of(image_id, entry), entry["id"]))
         orphans = [img["file_name"] for img in self.coco.dataset["images"] if img["id"] not in matched]
-        return Listing(records, unlabeled, orphans, self._category_issues())
+        issues = self._category_issues()
+        if by_basename_only:
+            issues.append(Issue("basename_match", f"{by_basename_only} images matched a COCO file_name by its "
+                                                  f"basename only (paths in {self.path.name} are from another "
+                                                  f"folder or machine)", fatal=False))
+        return Listing(records, unlabeled, orphans, issues)
 
     def _category_issues(self) -> list[Issue]:
         used = {ann["category_id"] for ann in self.coco.dataset["annotations"]}
@@ -362,6 +486,8 @@ class CocoReader(Reader):
     def read_mask(self, record: Record, height: int, width: int) -> tuple[np.ndarray, list[Issue]]:
         entry = self.coco.imgs[record.label]
         issues = []
+        if entry.get("height") is None and entry.get("width") is None:  # optional in some exports
+            entry.update(height=height, width=width)
         if (entry.get("height"), entry.get("width")) != (height, width):
             issues.append(Issue("size_mismatch", f"COCO says {entry.get('width')}x{entry.get('height')}, "
                                                  f"the image is {width}x{height}"))
@@ -381,6 +507,14 @@ class CocoReader(Reader):
                         issues.append(issue)
             canvas.fill_region(index, self.coco.annToMask(ann))
         return canvas.result(), issues
+
+
+def _unique_basenames(by_name: dict[str, dict]) -> dict[str, dict]:
+    """basename -> entry, for basenames that only one COCO file_name has (absolute or foreign paths)."""
+    entries: dict[str, list[dict]] = defaultdict(list)
+    for name, entry in by_name.items():
+        entries[name.rsplit("/", 1)[-1]].append(entry)
+    return {base: found[0] for base, found in entries.items() if len(found) == 1}
 
 
 def _match_by_suffix(image_id: str, by_name: dict[str, dict]) -> dict | None:

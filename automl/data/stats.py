@@ -1,4 +1,5 @@
-"""Per-sample label statistics (class pixel counts at the original size), read without decoding images."""
+"""Per-sample statistics read without decoding images: header facts (size, channels, bit depth) and, per
+class, the pixel count and the mean column of its pixels (where it sits, left to right) at the original size."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 
 from automl.data import formats
 from automl.data.dataset import SegmentationDataset
-from automl.data.formats import Issue
+from automl.data.formats import ImageInfo, Issue
 from automl.errors import UserError
+
+UNREADABLE = ImageInfo(0, 0, 0, 0)
 
 
 @dataclass
@@ -20,6 +23,9 @@ class LabelStats:
     sizes: np.ndarray  # N x 2 (height, width)
     pixels: np.ndarray  # N x C pixel count per class (binary: C = 1, the foreground)
     issues: list[list[Issue]]
+    centre_x: np.ndarray | None = None  # N x C mean column of each class's pixels / width (NaN where absent)
+    channels: np.ndarray | None = None  # N: 1 or 3 (0: unreadable)
+    bits: np.ndarray | None = None  # N: bits per channel (0: unreadable)
 
     @property
     def presence(self) -> np.ndarray:
@@ -31,6 +37,16 @@ class LabelStats:
         total = self.sizes.prod(axis=1).sum()
         return self.pixels.sum(axis=0) / max(total, 1)
 
+    @property
+    def area_fraction(self) -> np.ndarray:
+        """N x C: each class's share of its own image."""
+        return self.pixels / np.maximum(self.sizes.prod(axis=1), 1)[:, None]
+
+    def input_channels(self) -> int:
+        """1 when every readable image is single-channel (a model can take it as it is), else 3."""
+        readable = self.channels[self.channels > 0] if self.channels is not None else np.array([])
+        return 1 if len(readable) and (readable == 1).all() else 3
+
 
 def class_pixels(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:
     if task == "multilabel":
@@ -40,32 +56,53 @@ def class_pixels(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:
     return np.bincount(mask.ravel(), minlength=256)[:num_outputs]
 
 
+def class_centre_x(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:
+    """Mean column of each class's pixels as a fraction of the width (NaN for a class not present)."""
+    width = mask.shape[-1]
+    columns = (np.arange(width, dtype=np.float64) + 0.5) / width
+    if task == "multilabel":
+        counts = mask.reshape(num_outputs, -1, width).sum(axis=1).astype(np.float64)  # C x W
+    elif task == "binary":
+        counts = (mask == 1).sum(axis=0, dtype=np.float64)[None]
+    else:
+        rows = np.broadcast_to(np.arange(width), mask.shape)
+        counts = np.bincount((mask.astype(np.int64) * width + rows).ravel(),
+                             minlength=256 * width)[:num_outputs * width].reshape(num_outputs, width).astype(np.float64)
+    total = counts.sum(axis=1)
+    return np.divide(counts @ columns, total, out=np.full(len(total), np.nan), where=total > 0)
+
+
 def label_stats(dataset: SegmentationDataset, workers: int = 4) -> LabelStats:
     spec = dataset.spec
-
     nothing = np.zeros(spec.num_outputs, np.int64)
+    nowhere = np.full(spec.num_outputs, np.nan)
 
     def one(index: int):
         try:
-            height, width = formats.image_size(dataset.records[index].image)
+            info = formats.image_info(dataset.records[index].image)
         except UserError as e:
             if dataset.strict:
                 raise
-            return (0, 0), nothing, [Issue("unreadable_image", e.message)]
+            return UNREADABLE, nothing, nowhere, [Issue("unreadable_image", e.message)]
         try:
-            mask, issues = dataset.read_mask(index, height, width)
+            mask, issues = dataset.read_mask(index, info.height, info.width)
         except UserError as e:
             if dataset.strict:
                 raise
-            return (height, width), nothing, [Issue("bad_label", e.line())]
-        return (height, width), class_pixels(mask, spec.task, spec.num_outputs), issues
+            return info, nothing, nowhere, [Issue("bad_label", e.line())]
+        return (info, class_pixels(mask, spec.task, spec.num_outputs),
+                class_centre_x(mask, spec.task, spec.num_outputs), issues)
 
     with ThreadPoolExecutor(workers) as pool:  # PNG decoding and fillPoly release the GIL
         rows = list(pool.map(one, range(len(dataset))))
+    n = len(rows)
     return LabelStats(
         ids=dataset.ids,
         groups=dataset.groups,
-        sizes=np.array([r[0] for r in rows], int).reshape(-1, 2),
-        pixels=np.array([r[1] for r in rows], np.int64).reshape(len(rows), -1),
-        issues=[r[2] for r in rows],
+        sizes=np.array([(r[0].height, r[0].width) for r in rows], int).reshape(-1, 2),
+        pixels=np.array([r[1] for r in rows], np.int64).reshape(n, -1),
+        issues=[r[3] for r in rows],
+        centre_x=np.array([r[2] for r in rows], np.float64).reshape(n, -1),
+        channels=np.array([r[0].channels for r in rows], int),
+        bits=np.array([r[0].bits for r in rows], int),
     )

@@ -10,6 +10,7 @@ import torch
 from automl.config import TrialConfig, parse_trial_config
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
+from automl.data.stats import label_stats
 from automl.errors import UserError
 from trainables import losses
 from trainables.data import TrainData
@@ -37,7 +38,7 @@ def demo_data(tmp_path_factory):
     out = {}
     for task in ("multiclass", "multilabel", "binary"):
         dataset = SegmentationDataset.from_yaml(write_demo(root / task, task, n=32, size=64))
-        out[task] = TrainData.holdout_split(dataset, 64, val_fraction=0.25, seed=0)
+        out[task] = TrainData.holdout_split(dataset, label_stats(dataset), val_fraction=0.25, seed=0)
     return out
 
 
