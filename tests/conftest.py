@@ -60,3 +60,30 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+MIRRORED_CLASSES = ["background", "left_lung", "right_lung", "heart"]
+
+
+def write_mirrored_dataset(folder: Path, n: int = 24, size: int = 64, seed: int = 0) -> Path:
+    """A chest-X-ray-like multiclass set (mask PNGs): two lungs that look alike, one on each half of the
+    image, and a heart in the middle. Only their position tells the lungs apart, so a horizontal flip that
+    does not swap their labels teaches the model that they are the same thing."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    for i in range(n):
+        image = rng.normal(60, 12, (size, size)).astype(np.float32)
+        mask = np.zeros((size, size), np.uint8)
+        for label, centre_x in ((1, rng.uniform(0.22, 0.32)), (2, rng.uniform(0.68, 0.78))):
+            centre = (int(centre_x * size), int(rng.uniform(0.4, 0.6) * size))
+            axes = (int(rng.uniform(0.10, 0.14) * size), int(rng.uniform(0.22, 0.28) * size))
+            cv2.ellipse(mask, centre, axes, 0, 0, 360, label, -1)
+        heart = (int(rng.uniform(0.47, 0.53) * size), int(rng.uniform(0.55, 0.65) * size))
+        cv2.circle(mask, heart, int(0.08 * size), 3, -1)
+        image[mask == 1] += 90
+        image[mask == 2] += 90
+        image[mask == 3] += 40
+        write_image(folder / "images" / f"cxr{i:03d}.png", np.clip(image, 0, 255).astype(np.uint8))
+        write_image(folder / "masks" / f"cxr{i:03d}.png", mask)
+    return write_yaml(folder, name="mirrored", task="multiclass", classes=MIRRORED_CLASSES,
+                      images="images/*.png", labels={"format": "mask_png", "path": "masks"})

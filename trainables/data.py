@@ -56,7 +56,7 @@ class SegmentationTorchDataset(Dataset):
         image, mask = match_channels(np.asarray(sample.image), self.channels), np.asarray(sample.mask)
         if self.augmentation is not None:
             image, mask = apply(self.augmentation, image, mask)
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        image = torch.from_numpy(np.require(image.transpose(2, 0, 1), requirements=["C", "W"]))
         if self.task == "multiclass":
             return image, torch.from_numpy(mask.astype(np.int64))
         target = torch.from_numpy(mask.astype(np.float32))

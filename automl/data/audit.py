@@ -92,7 +92,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     _print(table, len(dataset), csv_path, console)
     decision = decide_flips(spec, stats)
     if decision.note:
-        console.print(decision.note)
+        console.print(decision.note, soft_wrap=True)
     return table
 
 
