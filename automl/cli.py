@@ -208,8 +208,6 @@ def ensemble_command(
     """Greedy ensemble selection on the out-of-fold predictions; baselines; the worst images."""
     from automl.ensemble import run_ensemble
 
-    if max_size < 1 or bags < 1:
-        raise UserError("--max-size and --bags must be at least 1", key="--max-size")
     run_ensemble(runs_dir, study, max_size=max_size, bags=bags, seed=seed, echo=console.print)
 
 

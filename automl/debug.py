@@ -12,6 +12,7 @@ import numpy as np
 from automl.config import TrialConfig
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
+from automl.errors import require_at_least
 from trainables.augment import AUGMENTATIONS, apply, build_augmentation
 from trainables.data import TrainData
 from trainables.train import train
@@ -58,6 +59,9 @@ def check_augmentations(cache: ResizeCache, dataset: SegmentationDataset, index:
 
 def run_debug(dataset_yaml: str | Path, arch: str = "unet", encoder: str = "tu-test_resnet", size: int = 64,
               images: int = 8, epochs: int = 12, lr: float = 3e-3, echo=print) -> list[Check]:
+    require_at_least("--size", size, 16)
+    require_at_least("--images", images, 1)
+    require_at_least("--epochs", epochs, 1)
     start = time.perf_counter()
     dataset = SegmentationDataset.from_yaml(dataset_yaml)
     spec = dataset.spec

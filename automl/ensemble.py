@@ -21,7 +21,7 @@ from automl import store
 from automl.config import load_dataset_spec
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
-from automl.errors import UserError
+from automl.errors import UserError, require_at_least
 from automl.metrics import SegmentationMeter
 from automl.postprocess import apply_plan, candidate_classes, operation_order, to_masks
 
@@ -263,6 +263,8 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
 
 def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int = 1, seed: int = 0,
                  echo: Callable[[str], None] = print) -> dict:
+    require_at_least("--max-size", max_size, 1)
+    require_at_least("--bags", bags, 1)
     library, plan = load_library(runs_dir, study)
     run = store.RunDir(runs_dir, study)
     singles = single_scores(library)

@@ -24,3 +24,14 @@ class UserError(Exception):
         if self.fix:
             text = f"{text} (fix: {self.fix})"
         return " ".join(text.split())  # always one line, whatever the pieces held
+
+
+def require_at_least(key: str, value: float | None, minimum: float, fix: str | None = None) -> None:
+    """A count, size or budget below its minimum (zero or negative) is a user error naming the option."""
+    if value is not None and value < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value}", key=key, fix=fix)
+
+
+def require_positive(key: str, value: float | None, fix: str | None = None) -> None:
+    if value is not None and not value > 0:
+        raise UserError(f"{key} must be a positive number, got {value}", key=key, fix=fix)

@@ -20,7 +20,7 @@ from automl.data import formats
 from automl.data.cache import as_size, resize_image
 from automl.data.formats import match_channels
 from automl.data.dataset import SegmentationDataset
-from automl.errors import UserError
+from automl.errors import UserError, require_at_least
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from automl.postprocess import apply_plan, to_masks
 from automl.submit import FORMATS, create_writer
@@ -171,6 +171,10 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
         raise UserError(f"unknown TTA '{tta}'", key="--tta", fix=f"use one of {', '.join(TTA_MODES)}")
     if rle_order not in ("row", "column"):
         raise UserError(f"--rle-order must be row or column, got '{rle_order}'", key="--rle-order")
+    require_at_least("--batch", batch, 1)
+    if tta == "flip+scale" and (not scales or min(scales) <= 0):
+        raise UserError(f"--scales must be positive factors, got {','.join(map(str, scales))}", key="--scales",
+                        fix="e.g. --scales 0.75,1,1.25")
     run = store.RunDir(runs_dir, study)
     settings = run.settings()
     spec = load_dataset_spec(settings.dataset)

@@ -20,7 +20,7 @@ from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.data.splits import Splits, make_kfold_splits, strata
 from automl.data.stats import label_stats
-from automl.errors import UserError
+from automl.errors import UserError, require_at_least, require_positive
 
 
 def model_name(trial_number: int) -> str:
@@ -172,16 +172,26 @@ def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tu
     return npy
 
 
+def check_promote_options(options: PromoteOptions) -> None:
+    require_at_least("--folds", options.folds, 2)
+    require_at_least("--top", options.top, 1)
+    require_at_least("--epochs", options.epochs, 1)
+    require_at_least("--max-concurrent", options.max_concurrent, 1)
+    require_positive("--cpus-per-trial", options.cpus_per_trial)
+    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+    if options.trials is not None and not options.trials:
+        raise UserError("--trials names no trial", key="--trials", fix="e.g. --trials 3,7")
+
+
 def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) -> dict:
     import optuna
     from ray import tune
 
     from automl.search import SearchOptions, open_storage, start_ray
 
+    check_promote_options(options)
     run = store.RunDir(options.runs_dir, options.study)
     settings = run.settings()
-    if options.folds < 2:
-        raise UserError(f"need at least 2 folds, got {options.folds}", key="--folds")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=options.study, storage=open_storage(settings.storage))
     chosen = choose_trials(study, options.top, options.trials)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from automl.config import load_dataset_spec, load_trial_config
 from automl.data.dataset import SegmentationDataset
+from automl.errors import UserError
 from automl.data.stats import label_stats
 from automl.plan import plan_data
 from trainables.data import TrainData
@@ -15,6 +16,8 @@ from trainables.train import TrainResult, train
 
 def run_single(config_path: str | Path, dataset_yaml: str | Path, out: str | Path | None = None,
                val_fraction: float = 0.2, seed: int = 0, echo=print) -> TrainResult:
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}", key="--val-fraction")
     dataset = SegmentationDataset(load_dataset_spec(dataset_yaml))
     stats = label_stats(dataset)  # one read of the labels: the plan and the stratified split
     plan = plan_data(dataset.spec, stats)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automl import store
+from automl.errors import UserError
 from automl.progress import format_value, short
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -73,6 +74,8 @@ def serve_dashboard(runs_dir: str | Path, study: str, port: int = 8080, echo=pri
 
     from automl.search import open_storage
 
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be in 1..65535, got {port}", key="--port")
     settings = store.RunDir(runs_dir, study).settings()
     echo(f"optuna-dashboard for study '{study}' at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     run_server(open_storage(settings.storage), host="127.0.0.1", port=port)

@@ -21,7 +21,7 @@ from automl.data import formats
 from automl.data.dataset import SegmentationDataset
 from automl.data.flips import decide_flips, mirrored_pairs
 from automl.data.stats import LabelStats, label_stats
-from automl.errors import UserError
+from automl.errors import UserError, require_positive
 
 COLUMNS = ["id", "reason", "detail"]
 
@@ -68,6 +68,7 @@ def undecodable_images(dataset: SegmentationDataset, workers: int = 4) -> list[d
 
 def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | None = None,
                   console: Console | None = None) -> pd.DataFrame:
+    require_positive("--z", z, fix="e.g. --z 3 (or 1.2 to flag more)")
     dataset = SegmentationDataset.from_yaml(dataset_yaml, strict=False)
     spec = dataset.spec
     stats = label_stats(dataset)
