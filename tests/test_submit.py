@@ -122,3 +122,25 @@ def test_postprocessing_operations():
     plan = {"largest_component": [False, False, True], "fill_holes": [False, False, True]}
     cleaned = apply_plan(mask, "multiclass", plan)
     assert cleaned[16, 16] == 0 and cleaned[6, 6] == 2 and (cleaned == 2).sum() == 100
+
+
+def test_binary_masks_are_postprocessed_in_their_hxw_layout_and_bad_input_is_refused():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:12, 2:12] = 1
+    mask[5:8, 5:8] = 0
+    mask[15:17, 15:17] = 1
+    plan = {"largest_component": [True], "fill_holes": [True]}
+    cleaned = apply_plan(mask, "binary", plan)
+    assert cleaned.shape == (20, 20) and cleaned.sum() == 100 and cleaned[16, 16] == 0
+    from automl.postprocess import apply_operation, to_masks
+
+    probabilities = np.zeros((2, 1, 20, 20), np.float32)
+    probabilities[:, 0, 2:12, 2:12] = 0.9
+    masks = to_masks(probabilities, "binary", [0.5])
+    assert masks.shape == (2, 20, 20) and masks.dtype == np.uint8 and masks.sum() == 200
+    with pytest.raises(ValueError, match="binary mask must have 2 dimensions"):
+        apply_operation(mask[None], "binary", "fill_holes", [0])
+    with pytest.raises(ValueError, match="unknown postprocessing operation 'fill_hole'; did you mean 'fill_holes'"):
+        apply_operation(mask, "binary", "fill_hole", [0])
+    with pytest.raises(ValueError, match="unknown postprocessing operation 'dilate'"):
+        apply_plan(mask, "binary", {"dilate": [True]})

@@ -1,0 +1,103 @@
+"""The whole loop - search, promote, ensemble, predict, report - on every task, on tiny synthetic data,
+and (when ../shared/realdata is there) on the real binary set tgs_salt: 101-pixel tiles, 16-bit and
+empty masks. The submission written by predict must score what --evaluate says it scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automl.data.dataset import SegmentationDataset
+from automl.data.demo import write_demo
+from automl.ensemble import run_ensemble
+from automl.metrics import SegmentationMeter
+from automl.predict import run_predict
+from automl.promote import PromoteOptions, run_promote
+from automl.search import SearchOptions, run_search
+from automl.submit import rle_decode
+from reports.html import SECTIONS, build_report
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+FAST = {"model.encoder": "tu-test_resnet", "data.resize": 64, "train.min_steps_per_epoch": 2}
+
+
+def run_loop(dataset_yaml: Path, runs: Path, study: str, images: Path) -> dict:
+    lines: list[str] = []
+    run_search(SearchOptions(data=dataset_yaml, study=study, runs_dir=runs, trials=2, max_epochs=1, prune=False,
+                             subsample=1.0, wandb="off", fixed=FAST), echo=lines.append)
+    run_promote(PromoteOptions(study=study, runs_dir=runs, top=2, folds=2, epochs=1), echo=lines.append)
+    ensemble = run_ensemble(runs, study, echo=lines.append)
+    submission = runs / f"{study}.csv"
+    predicted = run_predict(runs, study, images, submission, tta="flip", evaluate=dataset_yaml, echo=lines.append)
+    report = build_report(runs, study)
+    return {"ensemble": ensemble, "predicted": predicted, "submission": submission, "report": report,
+            "lines": lines}
+
+
+def rescore_submission(submission: Path, dataset: SegmentationDataset) -> tuple[float, int]:
+    """Decode the CSV the way a competition would and score it against the labels."""
+    spec = dataset.spec
+    names = ["foreground"] if spec.task == "binary" and len(spec.classes) > 1 else spec.class_names
+    rows: dict[str, dict[str, str]] = {}
+    with open(submission, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["image_name"], {})[row["class"]] = row["rle"]
+    meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
+    for index, record in enumerate(dataset.records):
+        sample = dataset.load(index)
+        height, width = sample.orig_size
+        decoded = {name: rle_decode(rle, (height, width)) for name, rle in rows[record.image.name].items()}
+        if spec.task == "multilabel":
+            predicted = np.stack([decoded[name] for name in names])[None]
+            target = sample.mask[None]
+        else:
+            predicted = np.zeros((height, width), np.uint8)
+            for index_, name in enumerate(names):
+                if name in decoded:
+                    predicted[decoded[name]] = 1 if spec.task == "binary" else index_
+            predicted, target = (predicted[None, None], sample.mask[None, None]) if spec.task == "binary" \
+                else (predicted[None], sample.mask[None])
+        meter.update_predictions(torch.from_numpy(predicted), torch.from_numpy(np.asarray(target)))
+    return meter.compute(), len(rows)
+
+
+def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int) -> None:
+    ensemble = outcome["ensemble"]
+    assert ensemble["score"] >= ensemble["best_single"] and set(ensemble["members"]) <= set(ensemble["single_scores"])
+    assert ensemble["postprocess"] is None or set(ensemble["postprocess"]) == {"largest_component", "fill_holes"}
+    evaluation = outcome["predicted"]["evaluation"]
+    assert evaluation["images"] == len(dataset) and 0 <= evaluation["score"] <= 1
+    score, images = rescore_submission(outcome["submission"], dataset)
+    assert images == len(dataset) and score == pytest.approx(evaluation["score"], abs=1e-9)
+    rows = outcome["submission"].read_text().strip().splitlines()
+    assert len(rows) == 1 + len(dataset) * classes_per_image
+    page = outcome["report"].read_text()
+    assert all(f'id="{anchor}"' in page for anchor in SECTIONS) and "horizontal flips" in page
+
+
+@pytest.mark.parametrize("task, size, classes_per_image", [("multiclass", 64, 3), ("multilabel", 64, 3),
+                                                            ("binary", 101, 1)])
+def test_the_whole_loop_on_every_task(task, size, classes_per_image, tmp_path, ray_session):
+    dataset_yaml = write_demo(tmp_path / "data", task, n=12, size=size)
+    outcome = run_loop(dataset_yaml, tmp_path / "runs", task, tmp_path / "data" / "images")
+    check_loop(outcome, SegmentationDataset.from_yaml(dataset_yaml), classes_per_image)
+    if task == "binary":  # 101-pixel images went in at 64 and came back at 101
+        first = outcome["submission"].read_text().splitlines()[1].split(",")[2]
+        assert not first or max(int(v) for v in first.split()[::2]) <= 101 * 101
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REALDATA / "tgs_salt").is_dir(), reason="no ../shared/realdata/tgs_salt")
+def test_the_whole_loop_on_real_binary_data(tmp_path, ray_session):
+    source = REALDATA / "tgs_salt"
+    dataset_yaml = tmp_path / "tgs_salt.yaml"  # shared/ is read-only: the data is read there, cached here
+    dataset_yaml.write_text((source / "dataset.yaml").read_text() + f"\nroot: {source}\ncache_dir: {tmp_path / 'cache'}\n")
+    outcome = run_loop(dataset_yaml, tmp_path / "runs", "tgs", source / "images")
+    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    check_loop(outcome, dataset, 1)
+    assert len(dataset) == 217 and outcome["ensemble"]["eval_size"] == [64, 64]
