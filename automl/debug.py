@@ -11,6 +11,7 @@ import numpy as np
 
 from automl.config import TrialConfig
 from automl.data.cache import ResizeCache
+from automl.data import formats
 from automl.data.dataset import SegmentationDataset
 from automl.errors import require_at_least
 from trainables.augment import AUGMENTATIONS, apply, build_augmentation
@@ -73,10 +74,12 @@ def run_debug(dataset_yaml: str | Path, arch: str = "unet", encoder: str = "tu-t
     cache.ensure(chosen)
     checks.append(check_augmentations(cache, dataset))
     echo(checks[-1].line())
-    config = TrialConfig(model={"arch": arch, "encoder": encoder}, data={"resize": size, "augment": "none",
-                                                                        "batch_size": 4},
+    channels = 1 if all(formats.image_info(dataset.records[i].image).channels == 1 for i in chosen) else 3
+    # one pass per epoch: the check is that a tiny model overfits a few images in `epochs` passes
+    config = TrialConfig(model={"arch": arch, "encoder": encoder, "in_channels": channels},
+                         data={"resize": size, "augment": "none", "batch_size": 4},
                          optim={"name": "adamw", "lr": lr, "weight_decay": 0.0},
-                         schedule={"name": "constant"}, train={"epochs": epochs, "seed": 0})
+                         schedule={"name": "constant"}, train={"epochs": epochs, "seed": 0, "min_steps_per_epoch": 1})
     result = train(config, TrainData(dataset, chosen, chosen))  # train = validation: it must overfit
     first, last = result.history[0], result.history[-1]
     checks.append(Check("loss falls", last["train_loss"] < 0.7 * first["train_loss"],

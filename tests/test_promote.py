@@ -37,7 +37,8 @@ def promoted(tmp_path_factory, ray_session):
     dataset_yaml = write_demo(root / "data", "multilabel", n=24, size=64)
     runs = root / "runs"
     run_search(SearchOptions(data=dataset_yaml, study="p", runs_dir=runs, trials=3, max_epochs=2, prune=False,
-                             subsample=1.0, wandb="off", fixed={"model.encoder": "tu-test_resnet"}),
+                             subsample=1.0, wandb="off",
+                             fixed={"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 2}),
                echo=lambda line: None)
     command = [sys.executable, "-m", "automl.cli", "promote", "p", "--runs-dir", str(runs), "--top", "2",
                "--folds", str(FOLDS), "--epochs", "2"]

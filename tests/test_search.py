@@ -33,7 +33,8 @@ def searched(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("search")
     dataset_yaml = write_demo(root / "data", "multiclass", n=32, size=64)
     options = SearchOptions(space="hybrid_loss", data=dataset_yaml, study="demo", runs_dir=root / "runs", trials=8,
-                            max_epochs=MAX_EPOCHS, wandb="off", fixed={"model.encoder": "tu-test_resnet"})
+                            max_epochs=MAX_EPOCHS, wandb="off",
+                            fixed={"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 4})
     lines: list[str] = []
     run_search(options, echo=lines.append)
     return root, options, load(root, "demo")
@@ -107,7 +108,8 @@ def test_crashing_and_non_finite_trials_are_recorded_not_fatal(tmp_path, ray_ses
     dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
     # smp builds a Swin encoder, but it only takes 224-pixel inputs: the trial raises in its first step
     cases = {"crash": {"model.encoder": "tu-swin_tiny_patch4_window7_224"},
-             "nan": {"model.encoder": "tu-test_resnet", "optim.name": "sgd", "optim.lr": 1e15}}
+             "nan": {"model.encoder": "tu-test_resnet", "optim.name": "sgd", "optim.lr": 1e15,
+                     "train.min_steps_per_epoch": 2}}
     for study, fixed in cases.items():
         run_search(SearchOptions(data=dataset_yaml, study=study, runs_dir=tmp_path / "runs", trials=1,
                                  max_epochs=2, wandb="offline", fixed=fixed), echo=lambda line: None)

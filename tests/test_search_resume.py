@@ -27,7 +27,7 @@ def finished(storage: str) -> dict[int, tuple[str, float | None]]:
 def search(dataset_yaml, runs, *extra) -> list[str]:
     return [sys.executable, "-m", "automl.cli", "search", "--space", "hybrid_loss", "--data", str(dataset_yaml),
             "--study", "r", "--runs-dir", str(runs), "--trials", str(TRIALS), "--max-epochs", "3", "--wandb", "off",
-            "--set", "model.encoder=tu-test_resnet", *extra]
+            "--set", "model.encoder=tu-test_resnet", "--set", "train.min_steps_per_epoch=2", *extra]
 
 
 def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_path):
