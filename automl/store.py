@@ -80,6 +80,19 @@ class RunDir:
     def exists(self) -> bool:
         return self.settings_file.exists()
 
+    def images_trained(self, promoted: bool = True) -> int:
+        """Images that went through a training step (the compute), summed over every trial's metrics.csv
+        and, with `promoted`, every promoted fold's."""
+        import csv
+
+        files = [*self.root.glob("trials/*/metrics.csv")]
+        files += [*self.root.glob("promoted/*/fold*/metrics.csv")] if promoted else []
+        total = 0
+        for path in files:
+            with open(path, newline="") as f:
+                total += sum(int(float(row.get("train_images") or 0)) for row in csv.DictReader(f))
+        return total
+
     def settings(self):
         from automl.config import StudySettings, read_yaml
         from automl.errors import UserError

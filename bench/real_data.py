@@ -15,7 +15,6 @@ the same metric (predict's --evaluate code). vines (8 huge images) is timed, not
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from automl.data.cache import ResizeCache, resize_image
+from automl.store import RunDir
 from automl.data.dataset import SegmentationDataset
 from automl.data.formats import match_channels, read_image
 from automl.data.splits import holdout, strata
@@ -73,15 +73,6 @@ def automl(*args: str) -> tuple[float, str]:
     return time.perf_counter() - start, result.stdout
 
 
-def images_trained(study_dir: Path) -> int:
-    """Images that went through a training step, summed over every trial and promoted fold."""
-    total = 0
-    for metrics in [*study_dir.glob("trials/*/metrics.csv"), *study_dir.glob("promoted/*/fold*/metrics.csv")]:
-        with open(metrics, newline="") as f:
-            total += sum(int(float(row["train_images"])) for row in csv.DictReader(f))
-    return total
-
-
 def run_automl(name: str, settings: dict, work: Path, train_yaml: Path, full_yaml: Path, test_images: list[Path],
                seed: int) -> dict:
     runs, study = work / "runs", name
@@ -104,7 +95,7 @@ def run_automl(name: str, settings: dict, work: Path, train_yaml: Path, full_yam
     evaluation = re.search(r"evaluation on (\d+) labelled images: \w+ ([0-9.]+)", printed)
     assert evaluation and int(evaluation.group(1)) == len(test_images), printed[-2000:]
     ensemble = json.loads((runs / study / "ensemble.json").read_text())
-    return {"score": float(evaluation.group(2)), "oof": ensemble["score"], "image_epochs": images_trained(runs / study),
+    return {"score": float(evaluation.group(2)), "oof": ensemble["score"], "image_epochs": RunDir(runs, study).images_trained(),
             "seconds": seconds, "members": ensemble["members"]}
 
 

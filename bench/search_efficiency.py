@@ -3,8 +3,8 @@
     .venv/bin/python bench/search_efficiency.py [--trials 12] [--epochs 8]
 
 Both search the hybrid_loss space on the same demo dataset and score on the same held-out groups (the
-holdout depends only on the seed); compute is counted in image-epochs (training images x epochs run,
-summed over trials), so it does not depend on how busy the machine was.
+holdout depends only on the seed); compute is counted in image-epochs (images through a training step, read
+from every trial's metrics.csv), so it does not depend on how busy the machine was.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rich.console import Console
 
 from automl.data.demo import write_demo
 from automl.search import SearchOptions, run_search
+from automl.store import RunDir
 
 
 def arm(name: str, dataset_yaml: Path, runs: Path, trials: int, epochs: int, **options) -> dict:
@@ -31,7 +32,7 @@ def arm(name: str, dataset_yaml: Path, runs: Path, trials: int, epochs: int, **o
     seconds = time.perf_counter() - start
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'optuna.db'}")
     n_train = len(json.loads((runs / name / "search_split.json").read_text())["train"])
-    image_epochs = sum(t.user_attrs.get("epochs", 0) for t in study.trials) * n_train
+    image_epochs = RunDir(runs, name).images_trained()
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
     return {"best": study.best_value, "image_epochs": image_epochs, "seconds": seconds, "train": n_train,
             "pruned": pruned}
