@@ -53,7 +53,19 @@ class FlipPolicy(Frozen):
     def swaps(self, class_names: list[str]) -> list[tuple[int, int]]:
         """The pairs as output-channel indices (multiclass: mask values)."""
         index = {name: i for i, name in enumerate(class_names)}
+        unknown = [name for pair in self.pairs for name in pair if name not in index]
+        if unknown:
+            raise UserError(f"flips.pairs names {unknown}, which this dataset does not have (classes: "
+                            f"{', '.join(class_names)})", key="data.flips",
+                            fix="use the class names of the dataset.yaml, or drop data.flips from the config")
         return [(index[a], index[b]) for a, b in self.pairs]
+
+    def describe(self) -> str:
+        if not self.horizontal:
+            return "no horizontal flips"
+        if self.pairs:
+            return "horizontal flips swap " + ", ".join(f"{a} <-> {b}" for a, b in self.pairs)
+        return "plain horizontal flips"
 
 
 class DatasetSpec(Frozen):
@@ -216,11 +228,11 @@ class ModelConfig(Frozen):
 
     @model_validator(mode="after")
     def _known_names(self) -> "ModelConfig":
-        from trainables.models import check_arch, check_buildable, check_encoder
+        from trainables.models import check_arch, check_encoder, check_model
 
         check_arch(self.arch)
         check_encoder(self.encoder, self.arch)
-        check_buildable(self.arch, self.encoder)
+        check_model(self.arch, self.encoder, self.in_channels)
         return self
 
 
@@ -230,6 +242,11 @@ class DataConfig(Frozen):
     batch_size: int = Field(8, ge=1)
     crop: int | None = Field(None, ge=8, description="train on crops of this side (CropNonEmptyMaskIfExists)")
     flips: FlipPolicy | None = Field(None, description="None: the dataset.yaml's `flips`, else plain flips")
+
+    def input_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of what the model sees: training crops (if any) and the resized image."""
+        resized = (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
+        return [(self.crop, self.crop), resized] if self.crop else [resized]
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
@@ -312,14 +329,11 @@ class TrialConfig(Frozen):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _input_fits_architecture(self) -> "TrialConfig":
-        from trainables.models import MIN_INPUT
+    def _model_runs_at_its_input_sizes(self) -> "TrialConfig":
+        """The model must take the sizes it will see (a Swin encoder wants 224, PAN at least 128)."""
+        from trainables.models import check_model
 
-        smallest = MIN_INPUT.get(self.model.arch.lower())
-        sides = (self.data.resize,) if isinstance(self.data.resize, int) else self.data.resize
-        side = min((self.data.crop,) if self.data.crop else sides)
-        if smallest and side < smallest:
-            raise ValueError(f"{self.model.arch} needs inputs of at least {smallest} pixels, got {side}")
+        check_model(self.model.arch, self.model.encoder, self.model.in_channels, self.data.input_sizes())
         return self
 
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from automl.config import TrialConfig
 from automl.data.cache import ResizeCache
-from automl.data import formats
 from automl.data.dataset import SegmentationDataset
+from automl.data.stats import image_channels, input_channels
 from automl.errors import require_at_least
 from trainables.augment import AUGMENTATIONS, apply, build_augmentation
 from trainables.data import TrainData
@@ -74,7 +74,7 @@ def run_debug(dataset_yaml: str | Path, arch: str = "unet", encoder: str = "tu-t
     cache.ensure(chosen)
     checks.append(check_augmentations(cache, dataset))
     echo(checks[-1].line())
-    channels = 1 if all(formats.image_info(dataset.records[i].image).channels == 1 for i in chosen) else 3
+    channels = input_channels(image_channels(dataset))  # what a search of this dataset would decide
     # one pass per epoch: the check is that a tiny model overfits a few images in `epochs` passes
     config = TrialConfig(model={"arch": arch, "encoder": encoder, "in_channels": channels},
                          data={"resize": size, "augment": "none", "batch_size": 4},

@@ -113,11 +113,7 @@ def predict_batch(members: list[Member], images: list[np.ndarray], spec: Dataset
 
 
 def flip_note(flips: FlipPolicy) -> str:
-    if not flips.horizontal:
-        return "TTA: no flipped views (the dataset's flips: {horizontal: false})"
-    if flips.pairs:
-        return f"TTA: flipped views swap the mirrored classes back: {', '.join(f'{a}<->{b}' for a, b in flips.pairs)}"
-    return ""
+    return "" if flips == FlipPolicy() else f"TTA follows the flip policy: {flips.describe()}"
 
 
 def to_original_size(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from automl.config import StudySettings, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.data.splits import group_subsample, holdout, strata
 from automl.data.stats import LabelStats, label_stats
-from automl.errors import UserError
+from automl.errors import UserError, require_at_least, require_positive
 from automl.metrics import METRIC_NAME
 from automl.plan import DataPlan, plan_data
 from automl.space import SearchSpace, load_space, unflatten
@@ -235,23 +235,18 @@ def resolve_settings(options: SearchOptions, run: store.RunDir, space: SearchSpa
 
 
 def check_options(options: SearchOptions) -> None:
-    if options.trials < 1:
-        raise UserError(f"--trials must be at least 1, got {options.trials}", key="--trials")
+    require_at_least("--trials", options.trials, 1)
+    require_at_least("--max-epochs", options.max_epochs, 1)
+    require_at_least("--max-concurrent", options.max_concurrent, 1)
+    require_positive("--cpus-per-trial", options.cpus_per_trial)
+    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+    require_positive("--time-budget", options.time_budget, fix="e.g. --time-budget 3600, or leave it out for no limit")
     if options.wandb not in ("offline", "online", "off"):
         raise UserError(f"--wandb must be offline, online or off, got '{options.wandb}'", key="--wandb")
     if options.subsample is not None and not 0 < options.subsample <= 1:
         raise UserError(f"--subsample must be in (0, 1], got {options.subsample}", key="--subsample")
-    if options.max_epochs is not None and options.max_epochs < 1:
-        raise UserError(f"--max-epochs must be at least 1, got {options.max_epochs}", key="--max-epochs")
     if options.sampler not in ("tpe", "random"):
         raise UserError(f"--sampler must be tpe or random, got '{options.sampler}'", key="--sampler")
-    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
-        raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0", key="--cpus-per-trial")
-    if options.time_budget is not None and options.time_budget <= 0:
-        raise UserError(f"--time-budget must be a positive number of seconds, got {options.time_budget}",
-                        key="--time-budget", fix="e.g. --time-budget 3600, or leave it out for no limit")
-    if options.max_concurrent is not None and options.max_concurrent < 1:
-        raise UserError(f"--max-concurrent must be at least 1, got {options.max_concurrent}", key="--max-concurrent")
     if not 0 < options.val_fraction < 1:
         raise UserError(f"the validation fraction must be in (0, 1), got {options.val_fraction}", key="val_fraction")
 
@@ -280,7 +275,7 @@ def prepare(options: SearchOptions, echo: Callable[[str], None] = print
         settings = settings.model_copy(update={"trials": options.trials})
     else:
         stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
-        plan = plan_data(spec, stats)
+        plan = plan_data(dataset, stats)
         for note in plan.notes():
             echo(note)
         space = load_space(options.space, median_side(stats), options.fixed, defaults=plan.defaults())

@@ -18,9 +18,10 @@ def run_single(config_path: str | Path, dataset_yaml: str | Path, out: str | Pat
                val_fraction: float = 0.2, seed: int = 0, echo=print) -> TrainResult:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}", key="--val-fraction")
+    load_trial_config(config_path)  # a mistake in the file stops here, before the labels are read
     dataset = SegmentationDataset(load_dataset_spec(dataset_yaml))
     stats = label_stats(dataset)  # one read of the labels: the plan and the stratified split
-    plan = plan_data(dataset.spec, stats)
+    plan = plan_data(dataset, stats)
     for note in plan.notes():
         echo(note)
     config = load_trial_config(config_path, defaults=plan.defaults())

@@ -204,6 +204,15 @@ def scale_sizes(space: SearchSpace, median_side: int | None) -> None:
             space.fixed[key] = max(SIZE_STEP, int(round((median_side or 256) / SIZE_STEP)) * SIZE_STEP)
 
 
+def _input_sizes(resize, crop) -> list[tuple[int, int]]:
+    from automl.config import DataConfig
+
+    try:
+        return DataConfig(resize=resize, crop=crop).input_sizes()
+    except ValueError:
+        return []  # reported by the per-key checks
+
+
 def validate_space(space: SearchSpace, path: Path) -> None:
     """Every value the space can produce must make a valid TrialConfig: names, types and ranges, and every
     architecture x encoder pair it can sample must be one smp builds."""
@@ -219,22 +228,29 @@ def validate_space(space: SearchSpace, path: Path) -> None:
 
 
 def _check_model_pairs(space: SearchSpace, path: Path) -> None:
-    from trainables.models import check_buildable
+    """Each architecture x encoder pair, built without weights, runs the smallest and largest input sizes
+    the space can produce."""
+    from trainables.models import check_model
 
-    def values(key: str, default: str) -> list:
+    def values(key: str, default) -> list:
         if key in space.params:
-            return list(space.params[key].choices or [])
+            return list(space.params[key].choices or [space.params[key].low, space.params[key].high])
         return [space.fixed.get(key, default)]
 
-    defaults = TrialConfig().model
-    for arch in values("model.arch", defaults.arch):
-        for encoder in values("model.encoder", defaults.encoder):
+    defaults = TrialConfig()
+    sizes = [size for resize in values("data.resize", defaults.data.resize) for crop in values("data.crop", None)
+             for size in _input_sizes(resize, crop)]
+    extremes = sorted(set(sizes), key=lambda size: size[0] * size[1])
+    extremes = [extremes[0], extremes[-1]] if extremes else []
+    channels = space.fixed.get("model.in_channels", defaults.model.in_channels)
+    for arch in values("model.arch", defaults.model.arch):
+        for encoder in values("model.encoder", defaults.model.encoder):
             try:
-                check_buildable(str(arch), str(encoder))
+                check_model(str(arch), str(encoder), int(channels), extremes)
             except ValueError as e:
                 section = "params" if "model.encoder" in space.params else "fixed"
                 raise UserError(str(e), file=path, key=f"{section}.model.encoder",
-                                fix=f"remove {arch} or {encoder} from the choices, or pin a pair that builds"
+                                fix=f"remove {arch} or {encoder} from the choices, or the sizes it cannot run"
                                 ) from None
 
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from automl import store  # noqa: E402
-from automl.config import MIN_STEPS_PER_EPOCH  # noqa: E402
+from automl.config import MIN_STEPS_PER_EPOCH, FlipPolicy  # noqa: E402
 
 SECTIONS = ("summary", "leaderboard", "history", "importance", "rungs", "parallel", "loss-weights", "folds",
             "ensemble", "per-class", "worst", "audit")
@@ -72,20 +72,16 @@ def load_trials(runs_dir: str | Path, study_name: str) -> tuple[object, object, 
 def flips_text(flips: dict | None) -> str:
     if not flips:
         return "plain (decided before flip policies were saved)"
-    if not flips.get("horizontal", True):
-        what = "off"
-    elif flips.get("pairs"):
-        what = "on, swapping " + ", ".join(f"{a} <-> {b}" for a, b in flips["pairs"])
-    else:
-        what = "on"
-    return f"{what} (from {flips.get('source', 'default')})"
+    policy = FlipPolicy(horizontal=flips.get("horizontal", True), pairs=flips.get("pairs", []))
+    return f"{policy.describe()} (from {flips.get('source', 'default')})"
 
 
 def summary_section(settings, trials: pd.DataFrame) -> str:
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     fidelity = settings.space.get("fidelity", {})
     decisions = settings.decisions or {}
-    min_steps = settings.space.get("fixed", {}).get("train.min_steps_per_epoch", MIN_STEPS_PER_EPOCH)
+    min_steps = ("a searched number of" if "train.min_steps_per_epoch" in settings.space.get("params", {}) else
+                 settings.space.get("fixed", {}).get("train.min_steps_per_epoch", MIN_STEPS_PER_EPOCH))
     items = {
         "dataset": settings.dataset, "task": settings.task, "metric": settings.metric,
         "search space": settings.space.get("name"), "searched": ", ".join(settings.space.get("params", {})),

@@ -5,9 +5,11 @@ empty masks. The submission written by predict must score what --evaluate says i
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from automl.promote import PromoteOptions, run_promote
 from automl.search import SearchOptions, run_search
 from automl.submit import rle_decode
 from reports.html import SECTIONS, build_report
+from tests.conftest import write_mirrored_dataset
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 FAST = {"model.encoder": "tu-test_resnet", "data.resize": 64, "train.min_steps_per_epoch": 2}
@@ -66,7 +69,8 @@ def rescore_submission(submission: Path, dataset: SegmentationDataset) -> tuple[
     return meter.compute(), len(rows)
 
 
-def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int) -> None:
+def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int,
+               flips: str = "plain horizontal flips (from default)") -> None:
     ensemble = outcome["ensemble"]
     assert ensemble["score"] >= ensemble["best_single"] and set(ensemble["members"]) <= set(ensemble["single_scores"])
     assert ensemble["postprocess"] is None or set(ensemble["postprocess"]) == {"largest_component", "fill_holes"}
@@ -77,7 +81,8 @@ def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: i
     rows = outcome["submission"].read_text().strip().splitlines()
     assert len(rows) == 1 + len(dataset) * classes_per_image
     page = outcome["report"].read_text()
-    assert all(f'id="{anchor}"' in page for anchor in SECTIONS) and "horizontal flips" in page
+    assert all(f'id="{anchor}"' in page for anchor in SECTIONS)
+    assert f"<th>horizontal flips</th><td>{html.escape(flips)}</td>" in page
 
 
 @pytest.mark.parametrize("task, size, classes_per_image", [("multiclass", 64, 3), ("multilabel", 64, 3),
@@ -86,9 +91,25 @@ def test_the_whole_loop_on_every_task(task, size, classes_per_image, tmp_path, r
     dataset_yaml = write_demo(tmp_path / "data", task, n=12, size=size)
     outcome = run_loop(dataset_yaml, tmp_path / "runs", task, tmp_path / "data" / "images")
     check_loop(outcome, SegmentationDataset.from_yaml(dataset_yaml), classes_per_image)
-    if task == "binary":  # 101-pixel images went in at 64 and came back at 101
-        first = outcome["submission"].read_text().splitlines()[1].split(",")[2]
-        assert not first or max(int(v) for v in first.split()[::2]) <= 101 * 101
+    if task == "binary":  # 101-pixel images went in at 64 and come back at 101
+        run_predict(tmp_path / "runs", task, tmp_path / "data" / "images", tmp_path / "png", format="png",
+                    echo=lambda line: None)
+        shapes = {cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape for path in (tmp_path / "png").glob("*.png")}
+        assert shapes == {(101, 101)}
+
+
+def test_the_whole_loop_on_gray_images_with_a_mirrored_pair(tmp_path, ray_session):
+    """One input channel and paired flips, from the audit through promote, ensemble, TTA and the report."""
+    dataset_yaml = write_mirrored_dataset(tmp_path / "data", n=12, size=64)
+    outcome = run_loop(dataset_yaml, tmp_path / "runs", "lungs", tmp_path / "data" / "images")
+    check_loop(outcome, SegmentationDataset.from_yaml(dataset_yaml), 3,
+               flips="horizontal flips swap left_lung <-> right_lung (from audit)")
+    assert any("'left_lung' and 'right_lung' look mirrored" in line for line in outcome["lines"])
+    assert "TTA follows the flip policy: horizontal flips swap left_lung <-> right_lung" in outcome["lines"]
+    for fold_config in (tmp_path / "runs" / "lungs" / "promoted").glob("*/fold*/config.json"):
+        config = json.loads(fold_config.read_text())
+        assert config["model"]["in_channels"] == 1 and config["data"]["flips"]["pairs"] == [["left_lung", "right_lung"]]
+    assert list((tmp_path / "runs" / "lungs" / "worst").glob("*.png"))  # review panels from 1-channel images
 
 
 @pytest.mark.realdata

@@ -43,9 +43,10 @@ def test_audit_flags_the_mirrored_pair_and_not_the_heart(mirrored, capsys):
     assert [(p.left, p.right) for p in found] == [("left_lung", "right_lung")]
 
 
-def write_scene(folder, rng, n=20, together=1.0, size_ratio=1.0):
-    """Two object classes in a tank, one on each half: co-occurring in a share `together` of the images,
-    the second `size_ratio` times the area of the first."""
+def write_scene(folder, rng, n=20, together=1.0, size_ratio=1.0, right_column=41, names=("bottle", "tire")):
+    """Two object classes, one on each half (the first centred at 0.2 of the width, the second at
+    `right_column`): co-occurring in a share `together` of the images, the second `size_ratio` times the
+    area of the first."""
     for i in range(n):
         mask = np.zeros((64, 64), np.uint8)
         has_both = i < together * n
@@ -53,10 +54,10 @@ def write_scene(folder, rng, n=20, together=1.0, size_ratio=1.0):
             mask[20:30, 8:18] = 1
         if has_both or i % 2 == 1:
             side = int(round(10 * np.sqrt(size_ratio)))
-            mask[20:20 + side, 40:40 + side] = 2
+            mask[20:20 + side, right_column:right_column + side] = 2
         write_image(folder / "images" / f"s{i:02d}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
         write_image(folder / "masks" / f"s{i:02d}.png", mask)
-    dataset_yaml = write_yaml(folder, name="scene", task="multiclass", classes=["background", "bottle", "tire"],
+    dataset_yaml = write_yaml(folder, name="scene", task="multiclass", classes=["background", *names],
                               images="images/*.png", labels={"format": "mask_png", "path": "masks"})
     dataset = SegmentationDataset.from_yaml(dataset_yaml)
     return mirrored_pairs(label_stats(dataset), dataset.spec.class_names, "multiclass")
@@ -65,7 +66,9 @@ def write_scene(folder, rng, n=20, together=1.0, size_ratio=1.0):
 def test_objects_that_merely_stand_apart_are_not_pairs(tmp_path, rng):
     assert write_scene(tmp_path / "rarely_together", rng, together=0.5) == []  # co-occurrence decides
     assert write_scene(tmp_path / "unequal", rng, size_ratio=4.0) == []  # similar area decides
-    assert [(p.left, p.right) for p in write_scene(tmp_path / "mirror", rng)] == [("bottle", "tire")]
+    assert write_scene(tmp_path / "not_mirrored", rng, right_column=30) == []  # centres 0.20 and 0.55
+    hands = write_scene(tmp_path / "hands", rng, names=("left_hand", "right_hand"))  # centres 0.20 and 0.72
+    assert [(p.left, p.right) for p in hands] == [("left_hand", "right_hand")]
 
 
 def test_a_paired_flip_swaps_mask_values_and_channels():

@@ -17,6 +17,7 @@ from automl.errors import UserError
 from automl.search import SearchOptions, make_sampler, run_search, truthful_optuna_search
 from automl.space import load_space
 from automl.store import RunDir
+from automl.data.cache import prebuild
 from trainables.data import TrainData
 from trainables.train import train
 
@@ -106,15 +107,18 @@ def test_the_same_seed_samples_the_same_first_configs():
 
 def test_crashing_and_non_finite_trials_are_recorded_not_fatal(tmp_path, ray_session):
     dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
-    # smp builds a Swin encoder, but it only takes 224-pixel inputs: the trial raises in its first step
-    cases = {"crash": {"model.encoder": "tu-swin_tiny_patch4_window7_224"},
-             "nan": {"model.encoder": "tu-test_resnet", "optim.name": "sgd", "optim.lr": 1e15,
-                     "train.min_steps_per_epoch": 2}}
+    # what validation cannot see: a cached image the disk truncated after it was written
+    prebuild(SegmentationDataset.from_yaml(dataset_yaml), [48])
+    for image in (tmp_path / "data" / ".cache" / "automl" / "48x48").rglob("*.image.npy"):
+        image.write_bytes(image.read_bytes()[:200])
+    fast = {"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 2}
+    cases = {"crash": {**fast, "data.resize": 48}, "nan": {**fast, "optim.name": "sgd", "optim.lr": 1e15}}
     for study, fixed in cases.items():
         run_search(SearchOptions(data=dataset_yaml, study=study, runs_dir=tmp_path / "runs", trials=1,
                                  max_epochs=2, wandb="offline", fixed=fixed), echo=lambda line: None)
     crash = load(tmp_path, "crash").trials[0]
-    assert crash.state.name == "FAIL" and "doesn't match model (224)" in crash.user_attrs["error"]
+    assert crash.state.name == "FAIL" and "ValueError" in crash.user_attrs["error"]
+    assert "Traceback" in (Path(crash.user_attrs["trial_dir"]) / "traceback.txt").read_text()
     nan = load(tmp_path, "nan").trials[0]
     assert nan.state.name == "PRUNED" and "non-finite loss" in nan.user_attrs["nonfinite_loss"]
     assert not nan.intermediate_values or np.isfinite(list(nan.intermediate_values.values())).all()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.augment import mirror_permutation
+from trainables.models import segment
 from trainables.train import Normalizer
 
 
@@ -23,7 +24,7 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, task: str,
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
-        probs = activate(model(normalize(batch)).float(), task)
+        probs = activate(segment(model, normalize(batch)).float(), task)
         if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
             probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
         chunks.append(probs.cpu().numpy())
@@ -35,7 +36,7 @@ def to_uint8(probabilities: np.ndarray) -> np.ndarray:
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
-    return activate(model(x).float(), task)
+    return activate(segment(model, x).float(), task)
 
 
 @torch.no_grad()

@@ -8,8 +8,6 @@ import torch
 
 from trainables.registry import unknown_name_message
 
-# Smallest input side each architecture accepts (PAN pools the 1/32 feature map once more).
-MIN_INPUT = {"pan": 128}
 TIMM_ONLY = {"dpt"}  # smp builds DPT on timm encoders only
 SIZE_MULTIPLE = 32
 
@@ -52,71 +50,81 @@ def check_encoder(name: str, arch: str | None = None) -> str:
     return name
 
 
+def _short(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:200]
+
+
 @lru_cache(maxsize=None)
-def _build_error(arch: str, encoder: str) -> str | None:
-    """Why smp refuses this pair, or None. Built on the meta device (no memory, no weights); where an
-    encoder cannot be built there (it reads tensor values while building), it is built on the CPU."""
+def _trial_build(arch: str, encoder: str, in_channels: int) -> tuple[torch.nn.Module | None, str | None]:
+    """(a weightless model, None) or (None, why smp refuses the pair). Built on the meta device (no memory,
+    no weights); an encoder that reads tensor values while it is built is built on the CPU instead."""
     import warnings
 
     import segmentation_models_pytorch as smp
 
-    def build(device: str) -> None:
+    def build(device: str) -> torch.nn.Module:
         with warnings.catch_warnings(), torch.device(device):
             warnings.simplefilter("ignore")
-            smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=2)
+            return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=2,
+                                    in_channels=in_channels).eval()
 
     try:
         try:
-            build("meta")
+            return build("meta"), None
         except (RuntimeError, NotImplementedError) as e:
             if "meta" not in str(e):
                 raise
-            build("cpu")
-    except Exception as e:  # smp raises ValueError, KeyError or AttributeError for pairs it cannot build
-        return f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+            return build("cpu"), None
+    except Exception as e:  # smp raises ValueError, KeyError, TypeError... for pairs it cannot build
+        return None, _short(e)
+
+
+@lru_cache(maxsize=None)
+def _run_error(arch: str, encoder: str, in_channels: int, height: int, width: int) -> str | None:
+    model, error = _trial_build(arch, encoder, in_channels)
+    if error:
+        return error
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            segment(model, torch.zeros(1, in_channels, height, width, device=device))
+    except Exception as e:  # a fixed-size encoder (Swin at 224), a decoder that pools too far (PAN below 128)
+        return _short(e)
     return None
 
 
-def check_buildable(arch: str, encoder: str) -> None:
-    """Raise ValueError naming the pair when smp cannot build `arch` on `encoder`."""
-    error = _build_error(arch.lower(), encoder)
+def check_model(arch: str, encoder: str, in_channels: int = 3, sizes=()) -> None:
+    """Raise ValueError naming the pair when smp cannot build `arch` on `encoder`, or, for each (height,
+    width) in `sizes`, when the model cannot run an input of that size. Shapes only: no weights, no data."""
+    arch = arch.lower()
+    _, error = _trial_build(arch, encoder, in_channels)
     if error:
         raise ValueError(f"smp cannot build {arch} with encoder {encoder} ({error}); choose another pair")
+    for height, width in sizes:
+        error = _run_error(arch, encoder, in_channels, int(height), int(width))
+        if error:
+            raise ValueError(f"{arch} with encoder {encoder} cannot run {height}x{width} inputs ({error}); "
+                             f"choose another size or pair")
 
 
-def pad_to_multiple(model: torch.nn.Module, multiple: int = SIZE_MULTIPLE) -> torch.nn.Module:
-    """Let the model take any input side: pad the input up to a multiple of `multiple` (encoders
-    downsample by 32) and crop the output back. Hooks, so the state_dict keeps smp's own keys."""
-    def pad(module, args):
-        x = args[0]
-        height, width = x.shape[-2:]
-        extra_h, extra_w = -height % multiple, -width % multiple
-        module.automl_input_size = (height, width)
-        if extra_h or extra_w:
-            return (torch.nn.functional.pad(x, (0, extra_w, 0, extra_h)), *args[1:])
-        return None
-
-    def crop(module, args, output):
-        height, width = module.automl_input_size
-        if tuple(output.shape[-2:]) != (height, width):
-            return output[..., :height, :width]
-        return None
-
-    model.register_forward_pre_hook(pad)
-    model.register_forward_hook(crop)
-    return model
+def segment(model: torch.nn.Module, x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """The model's logits for a batch of any side: the input is padded up to a multiple of `multiple`
+    (encoders downsample by 32) and the output cropped back, so sizes like 101 need no resize."""
+    height, width = x.shape[-2:]
+    extra_h, extra_w = -height % multiple, -width % multiple
+    if not (extra_h or extra_w):
+        return model(x)
+    return model(torch.nn.functional.pad(x, (0, extra_w, 0, extra_h)))[..., :height, :width]
 
 
 def create_model(arch: str, encoder: str, num_outputs: int, encoder_weights: str | None = None,
                  in_channels: int = 3, **kwargs) -> torch.nn.Module:
-    """smp.create_model with names checked, taking any input size; None-valued kwargs are dropped so a
-    search space may leave a key unset."""
+    """smp.create_model with names checked; None-valued kwargs are dropped so a search space may leave a
+    key unset. Call it through `segment` to feed it any input side."""
     import segmentation_models_pytorch as smp
 
     arch = check_arch(arch)
     check_encoder(encoder, arch)
-    check_buildable(arch, encoder)
     options = {key: value for key, value in kwargs.items() if value is not None}
-    model = smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, classes=num_outputs,
-                             in_channels=in_channels, **options)
-    return pad_to_multiple(model)
+    return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, classes=num_outputs,
+                            in_channels=in_channels, **options)

@@ -27,7 +27,7 @@ from automl.metrics import METRIC_NAME, SegmentationMeter
 from trainables.augment import build_augmentation
 from trainables.data import SegmentationTorchDataset, TrainData
 from trainables.losses import HybridLoss
-from trainables.models import create_model
+from trainables.models import create_model, segment
 from trainables.optim import OPTIMIZERS, Schedule
 
 Report = Callable[[int, dict], None]
@@ -127,7 +127,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, normali
     for step, (x, y) in enumerate(loader):
         x, y = normalize(x), y.to(normalize.device, non_blocking=True)
         with torch.autocast(normalize.device.type, enabled=amp):
-            logits = model(x)
+            logits = segment(model, x)
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(epoch, step, float(loss.detach()))
@@ -148,7 +148,7 @@ def evaluate(model, loader, loss_fn, normalize, meter: SegmentationMeter, amp: b
     for x, y in loader:
         x, y = normalize(x), y.to(normalize.device, non_blocking=True)
         with torch.autocast(normalize.device.type, enabled=amp):
-            logits = model(x)
+            logits = segment(model, x)
         total += loss_fn(logits, y) * len(x)
         images += len(x)
         meter.update(logits.float(), y)

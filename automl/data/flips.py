@@ -1,8 +1,8 @@
 """Mirrored class pairs (a left and a right lung): what a horizontal flip turns into each other.
 
 Two classes form a mirrored pair when they appear together in nearly every image that has either, sit on
-opposite halves of the image, and have similar areas. Objects that merely stand apart in a scene (sonar
-targets in a tank) rarely pass the first and third tests. A flip of such a dataset must swap the pair's
+opposite halves of the image at mirrored positions, and have similar areas. Objects that merely stand
+apart in a scene (sonar targets in a tank) rarely pass the co-occurrence, position and area tests at once. A flip of such a dataset must swap the pair's
 labels (or not happen at all); `flips` in dataset.yaml says which, and when it is absent the pairs found
 here are swapped.
 """
@@ -20,6 +20,7 @@ MIN_IMAGES = 5  # images holding both classes before a pair is believed
 TOGETHER = 0.9  # share of the images with either class that hold both
 OPPOSITE = 0.9  # share of those in which the two sit on opposite halves, always the same way round
 AREA_RATIO = 0.5  # median of smaller / larger area in those images
+SYMMETRY = 0.15  # median |x_a + x_b - 1|: the two centres mirror each other about the middle column
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,7 @@ def mirrored_pairs(stats: LabelStats, class_names: list[str], task: str) -> list
     if task == "binary" or stats.centre_x is None:
         return []
     present, centre, area = stats.presence, stats.centre_x, stats.area_fraction
-    candidates = [c for c, name in enumerate(class_names) if not (task == "multiclass" and
-                                                                  (c == 0 or name == BACKGROUND))]
+    candidates = [c for c, name in enumerate(class_names) if not (task == "multiclass" and name == BACKGROUND)]
     found = []
     for i, a in enumerate(candidates):
         for b in candidates[i + 1:]:
@@ -71,7 +71,8 @@ def _test_pair(has_a, has_b, x_a, x_b, area_a, area_b):
     opposite = max(a_left, b_left)
     small, large = np.minimum(area_a[both], area_b[both]), np.maximum(area_a[both], area_b[both])
     ratio = float(np.median(small / np.maximum(large, 1e-12)))
-    if together < TOGETHER or opposite < OPPOSITE or ratio < AREA_RATIO:
+    asymmetry = float(np.median(np.abs(x_a[both] + x_b[both] - 1)))
+    if together < TOGETHER or opposite < OPPOSITE or ratio < AREA_RATIO or asymmetry > SYMMETRY:
         return None
     return a_left >= b_left, n_both, together, opposite, ratio
 
@@ -89,7 +90,7 @@ class FlipDecision:
 def decide_flips(spec: DatasetSpec, stats: LabelStats) -> FlipDecision:
     """The dataset.yaml's `flips` if it has one; else the mirrored pairs found here, swapped when flipping."""
     if spec.flips is not None:
-        return FlipDecision(spec.flips, "dataset.yaml", f"flips from {spec.source}: {_describe(spec.flips)}")
+        return FlipDecision(spec.flips, "dataset.yaml", f"flips from {spec.source}: {spec.flips.describe()}")
     pairs = mirrored_pairs(stats, spec.class_names, spec.task)
     if not pairs:
         return FlipDecision(FlipPolicy(), "default", "")
@@ -98,11 +99,3 @@ def decide_flips(spec: DatasetSpec, stats: LabelStats) -> FlipDecision:
     note = (f"flips: {listed}: horizontal flips (augmentation and TTA) will swap them. To override, add "
             f"`flips: {{horizontal: false}}` (no flips) or `flips: {{pairs: []}}` (plain flips) to {spec.source}")
     return FlipDecision(policy, "audit", note)
-
-
-def _describe(policy: FlipPolicy) -> str:
-    if not policy.horizontal:
-        return "no horizontal flips"
-    if policy.pairs:
-        return "horizontal flips swap " + ", ".join(f"{a}<->{b}" for a, b in policy.pairs)
-    return "plain horizontal flips"

@@ -68,7 +68,8 @@ class Listing:
 # ---------------------------------------------------------------- images
 
 # PIL modes that decode to one channel, with their bits per channel (PNG headers are read for the rest).
-ONE_CHANNEL_MODES = {"1": 1, "L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+ONE_CHANNEL_MODES = {"1": 1, "L": 8, "LA": 8, "La": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32,
+                     "F": 32}
 EXIF_ORIENTATION = 0x0112
 # cv2 keeps the bit depth and a gray image's single channel; orientation is applied below, from the same
 # EXIF tag the size is read from, so pixels and sizes always agree.
@@ -98,16 +99,18 @@ def read_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise UserError(f"cannot read this image: {e.strerror}", file=path) from None
-    return decode_image(data, path, _orientation(path))
+    return decode_image(data, path, *_header(path))
 
 
-def decode_image(data: np.ndarray, source: str | Path, orientation: int = 1) -> np.ndarray:
+def decode_image(data: np.ndarray, source: str | Path, orientation: int = 1, mode: str = "") -> np.ndarray:
     image = cv2.imdecode(data, DECODE_FLAGS) if data.size else None
     if image is None:
         raise UserError("cannot decode this image", file=source,
                         fix="replace or remove the file; `automl data audit` lists all such files")
     if image.ndim == 2:
         image = image[..., None]
+    elif mode in ONE_CHANNEL_MODES:  # gray + alpha: OpenCV repeats the gray value into B, G and R
+        image = image[..., :1]
     elif image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     else:
@@ -150,12 +153,13 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return image
 
 
-def _orientation(source) -> int:
+def _header(source) -> tuple[int, str]:
+    """(EXIF orientation, PIL mode); (1, "") where PIL cannot read the header (OpenCV may still decode it)."""
     try:
         with Image.open(source) as im:
-            return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1), im.mode
     except Exception:
-        return 1
+        return 1, ""
 
 
 def image_info(path: str | Path) -> ImageInfo:
@@ -171,15 +175,28 @@ def image_info(path: str | Path) -> ImageInfo:
         with Image.open(path) as im:
             width, height = im.size
             mode, orientation = im.mode, int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-            png_depth = _png_bit_depth(path) if im.format == "PNG" else None
+            depth = _png_bit_depth(path) if im.format == "PNG" else _tiff_bit_depth(im)
     except Exception:
-        raise UserError("cannot read this image", file=path,
-                        fix="replace or remove the file; `automl data audit` lists all such files") from None
+        return _decoded_info(path)  # a header PIL does not know (multi-channel float TIFF): decode it
     if orientation in (5, 6, 7, 8):
         height, width = width, height
     channels = 1 if mode in ONE_CHANNEL_MODES else 3
-    bits = png_depth or ONE_CHANNEL_MODES.get(mode, 8)
-    return ImageInfo(height, width, channels, bits)
+    return ImageInfo(height, width, channels, depth or ONE_CHANNEL_MODES.get(mode, 8))
+
+
+def _decoded_info(path: Path) -> ImageInfo:
+    data = np.fromfile(path, np.uint8)
+    raw = cv2.imdecode(data, DECODE_FLAGS) if data.size else None
+    if raw is None:
+        raise UserError("cannot read this image", file=path,
+                        fix="replace or remove the file; `automl data audit` lists all such files")
+    return ImageInfo(raw.shape[0], raw.shape[1], 1 if raw.ndim == 2 else 3, raw.dtype.itemsize * 8)
+
+
+def _tiff_bit_depth(im) -> int | None:
+    """Bits per channel from a TIFF's BitsPerSample tag (PIL shows 16-bit RGB as 8-bit RGB)."""
+    bits = getattr(im, "tag_v2", {}).get(258) if im.format == "TIFF" else None
+    return int(bits[0] if isinstance(bits, (tuple, list)) else bits) if bits else None
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -217,7 +234,7 @@ def _read_labelme_image(path: Path) -> np.ndarray:
         except ValueError:
             raise UserError("imageData is not base64", file=path, key="imageData") from None
         try:
-            return decode_image(buffer, path, _orientation(io.BytesIO(buffer.tobytes())))
+            return decode_image(buffer, path, *_header(io.BytesIO(buffer.tobytes())))
         except UserError:
             raise UserError("imageData is not a decodable image", file=path, key="imageData") from None
     if data.get("imagePath"):
@@ -453,18 +470,21 @@ class CocoReader(Reader):
 
     def listing(self) -> Listing:
         by_name = {img["file_name"].replace("\\", "/"): img for img in self.coco.dataset["images"]}
-        by_basename = _unique_basenames(by_name)
-        records, unlabeled, matched, by_basename_only = [], [], set(), 0
-        for path in list_images(self.spec):
-            image_id = relative_id(self.spec, path)
-            entry = _match_by_suffix(image_id, by_name)
-            if entry is None and path.name in by_basename and by_basename[path.name]["id"] not in matched:
-                entry, by_basename_only = by_basename[path.name], by_basename_only + 1
-            if entry is None:
-                unlabeled.append(image_id)
-                continue
-            matched.add(entry["id"])
-            records.append(Record(image_id, path, self.group_of(image_id, entry), entry["id"]))
+        paths = list_images(self.spec)
+        ids = [relative_id(self.spec, path) for path in paths]
+        entries = [_match_by_suffix(image_id, by_name) for image_id in ids]
+        matched = {entry["id"] for entry in entries if entry is not None}
+        # then, for images nothing matched, a basename only one still-unmatched COCO entry has
+        by_basename = _unique_basenames({name: img for name, img in by_name.items() if img["id"] not in matched})
+        by_basename_only = 0
+        for i, path in enumerate(paths):
+            entry = by_basename.get(path.name)
+            if entries[i] is None and entry is not None and entry["id"] not in matched:
+                entries[i], by_basename_only = entry, by_basename_only + 1
+                matched.add(entry["id"])
+        records = [Record(image_id, path, self.group_of(image_id, entry), entry["id"])
+                   for image_id, path, entry in zip(ids, paths, entries) if entry is not None]
+        unlabeled = [image_id for image_id, entry in zip(ids, entries) if entry is None]
         orphans = [img["file_name"] for img in self.coco.dataset["images"] if img["id"] not in matched]
         issues = self._category_issues()
         if by_basename_only:

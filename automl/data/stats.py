@@ -43,9 +43,25 @@ class LabelStats:
         return self.pixels / np.maximum(self.sizes.prod(axis=1), 1)[:, None]
 
     def input_channels(self) -> int:
-        """1 when every readable image is single-channel (a model can take it as it is), else 3."""
-        readable = self.channels[self.channels > 0] if self.channels is not None else np.array([])
-        return 1 if len(readable) and (readable == 1).all() else 3
+        return input_channels(self.channels if self.channels is not None else np.array([]))
+
+
+def input_channels(channels: np.ndarray) -> int:
+    """1 when every readable image is single-channel (a model can take it as it is), else 3."""
+    readable = channels[channels > 0]
+    return 1 if len(readable) and (readable == 1).all() else 3
+
+
+def image_channels(dataset: SegmentationDataset, workers: int = 4) -> np.ndarray:
+    """Channels of every image from its header alone (0 where it cannot be read)."""
+    def one(index: int) -> int:
+        try:
+            return formats.image_info(dataset.records[index].image).channels
+        except UserError:
+            return 0
+
+    with ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(one, range(len(dataset)))), int)
 
 
 def class_pixels(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:

@@ -69,32 +69,34 @@ def test_inspect_reports_bit_depth_and_channels_and_training_takes_one_channel(t
     assert first_conv.shape[1] == 1
 
 
-@pytest.mark.parametrize("kind", ["rgba", "palette", "gray_as_la", "float", "rgb16"])
+@pytest.mark.parametrize("kind", ["rgba", "palette", "gray_alpha", "float", "float_rgb", "rgb16", "rgb16_tiff"])
 def test_every_pixel_format_decodes_to_uint8_with_one_or_three_channels(tmp_path, kind):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    path = tmp_path / ("x.tiff" if kind == "float" else "x.png")
+    path = tmp_path / ("x.tiff" if kind.startswith("float") or kind.endswith("tiff") else "x.png")
     if kind == "rgba":
         Image.fromarray(np.dstack([rgb, np.full((12, 16), 7, np.uint8)]), "RGBA").save(path)
         expected = rgb
     elif kind == "palette":
         Image.fromarray(rgb).convert("P").save(path)
         expected = np.asarray(Image.open(path).convert("RGB"))
-    elif kind == "gray_as_la":
+    elif kind == "gray_alpha":  # stays one channel (OpenCV alone would repeat it into three)
         Image.fromarray(rgb[..., 0]).convert("LA").save(path)
-        expected = np.repeat(rgb[..., :1], 3, axis=2)
-    elif kind == "float":
-        values = rng.uniform(-3, 5, (12, 16)).astype(np.float32)
-        cv2.imwrite(str(path), values)
-        expected = np.rint((values - values.min()) * 255 / (values.max() - values.min())).astype(np.uint8)[..., None]
-    else:  # 48-bit RGB: 16 bits per channel
+        expected = rgb[..., :1]
+    elif kind.startswith("float"):  # PIL cannot read a 3-channel float TIFF's header: it is decoded instead
+        values = rng.uniform(-3, 5, (12, 16, 3 if kind == "float_rgb" else 1)).astype(np.float32)
+        cv2.imwrite(str(path), cv2.cvtColor(values, cv2.COLOR_RGB2BGR) if kind == "float_rgb" else values[..., 0])
+        expected = np.rint((values - values.min()) * 255 / (values.max() - values.min())).astype(np.uint8)
+        assert formats.image_info(path).bits == 32
+    else:  # 48-bit RGB: 16 bits per channel, as PNG or TIFF
         deep = rgb.astype(np.uint16) * 16  # 12-bit values
         cv2.imwrite(str(path), cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
         low, high = float(deep.min()), float(deep.max())
         expected = np.rint((deep - low) * 255 / (high - low)).astype(np.uint8)
         assert formats.image_info(path).bits == 16  # PIL alone would call it 8-bit RGB
     image = formats.read_image(path)
-    assert image.dtype == np.uint8 and image.shape[:2] == (12, 16) and image.shape[2] in (1, 3)
+    assert image.dtype == np.uint8 and image.shape == expected.shape
+    assert formats.image_info(path).channels == image.shape[2]  # the header read agrees with the pixels
     np.testing.assert_allclose(image.astype(int), expected.astype(int), atol=1)
 
 
@@ -140,6 +142,18 @@ def test_coco_file_names_from_another_machine_match_by_basename_said_once(tmp_pa
     notes = [issue for issue in dataset.listing.issues if issue.kind == "basename_match"]
     assert len(notes) == 1 and notes[0].detail.startswith("2 images matched") and not notes[0].fatal
     assert dataset.load(0).mask[5, 5] == 1  # height/width absent from the entry: taken from the image
+
+
+def test_a_path_match_wins_over_a_basename_twin(tmp_path, rng):
+    for folder in ("a", "b"):
+        write_image(tmp_path / folder / "x.png", random_image(rng, 8, 8))
+    write_json(tmp_path / "coco.json", {"images": [{"id": 1, "file_name": "b/x.png", "height": 8, "width": 8}],
+                                        "categories": [{"id": 1, "name": "c"}], "annotations": []})
+    dataset_yaml = write_yaml(tmp_path, name="t", task="multiclass", classes=["c"], images="*/x.png",
+                              labels={"format": "coco", "path": "coco.json"})
+    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    assert [(r.id, r.label) for r in dataset.records] == [("b/x.png", 1)]  # a/x.png does not borrow its labels
+    assert dataset.listing.unlabeled_images == ["a/x.png"] and not dataset.listing.issues
 
 
 def test_exclude_leaves_images_out_and_inspect_says_so(tmp_path, rng, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.models import MIN_INPUT, architectures, check_encoder, create_model
+from trainables.models import architectures, check_encoder, check_model, create_model, segment
 
 TINY_ENCODER = "tu-test_resnet"  # timm's model for unit tests: ~1M parameters
 
@@ -13,7 +13,7 @@ TINY_ENCODER = "tu-test_resnet"  # timm's model for unit tests: ~1M parameters
 @pytest.mark.parametrize("arch", architectures())
 def test_every_architecture_runs_forward_and_backward(arch):
     torch.manual_seed(0)
-    side = max(64, MIN_INPUT.get(arch, 64))
+    side = 128 if arch == "pan" else 64  # PAN pools the 1/32 feature map once more
     model = create_model(arch, TINY_ENCODER, num_outputs=3)
     x = torch.randn(2, 3, side, side)
     logits = model(x)
@@ -45,3 +45,24 @@ def test_wrong_encoder_lists_close_matches(name, close):
 def test_wrong_architecture_lists_close_matches():
     with pytest.raises(ValueError, match="did you mean 'unetplusplus'"):
         create_model("unetplusplu", TINY_ENCODER, 1)
+
+
+@pytest.mark.parametrize("size", [(101, 101), (100, 70), (17, 45)])
+def test_any_input_side_is_padded_in_and_cropped_out(size):
+    torch.manual_seed(0)
+    model = create_model("unet", TINY_ENCODER, num_outputs=2, in_channels=1).eval()
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        out = segment(model, x)
+        padded = model(torch.nn.functional.pad(x, (0, -size[1] % 32, 0, -size[0] % 32)))
+    assert out.shape == (2, 2, *size)
+    torch.testing.assert_close(out, padded[..., :size[0], :size[1]])  # the top-left of the padded output
+
+
+def test_check_model_knows_what_smp_builds_and_what_runs_at_a_size():
+    check_model("pan", TINY_ENCODER, 3, [(128, 128)])
+    with pytest.raises(ValueError, match="pan with encoder tu-test_resnet cannot run 64x64 inputs"):
+        check_model("pan", TINY_ENCODER, 3, [(64, 64)])
+    with pytest.raises(ValueError, match="smp cannot build unetplusplus with encoder mit_b0"):
+        check_model("unetplusplus", "mit_b0")
+    check_model("unet", "mit_b0", 1, [(64, 64)])  # built on the CPU: Mix Transformers cannot be built on meta

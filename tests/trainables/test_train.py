@@ -121,3 +121,23 @@ def test_trial_config_rejects_unknown_keys_and_names(config, key):
     with pytest.raises(UserError) as info:
         parse_trial_config(config, "trial.yaml")
     assert f"key '{key}'" in info.value.line()
+
+
+def test_an_epoch_is_at_least_min_steps_and_whole_passes_come_first(demo_data, tmp_path):
+    data = demo_data["binary"]
+    n = len(data.train_indices)
+    assert math.ceil(n / 4) < 10  # one pass is fewer steps than the minimum
+    config = tiny_config(2, data={"batch_size": 4}, train={"min_steps_per_epoch": 10})
+    train_loader, _ = make_loaders(config, data, torch.device("cpu"))
+    assert len(train_loader) == 10
+    order = list(train_loader.sampler)
+    assert len(order) == 40 and sorted(order[:n]) == list(range(n))  # every image once before any twice
+    assert len(set(order[n:])) == len(order[n:])  # the rest is the start of a second shuffled pass
+    train(config, data, out_dir=tmp_path)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, row.split(","))) for row in rows[1:]]
+    assert [int(v["steps"]) for v in values] == [10, 20]
+    assert {(int(v["steps_per_epoch"]), int(v["train_images"])) for v in values} == {(10, 40)}
+    one_pass = tiny_config(1, data={"batch_size": 4}, train={"min_steps_per_epoch": 1})
+    assert len(make_loaders(one_pass, data, torch.device("cpu"))[0]) == math.ceil(n / 4)  # a pass when longer
