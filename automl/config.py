@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from automl.errors import UserError
+from trainables.registry import close_matches
 
 Task = Literal["multiclass", "multilabel", "binary"]
 BACKGROUND = "background"
@@ -179,7 +179,7 @@ def validation_error_to_user_error(error: ValidationError, path: str | Path, mod
         return UserError("required key is missing", file=path, key=key, fix=f"add `{key}:` to the file")
     if kind == "extra_forbidden":
         known = _known_keys(model, first["loc"][:-1])
-        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        close = close_matches(str(first["loc"][-1]), known, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return UserError("unknown key", file=path, key=key, fix=f"{hint}valid keys: {', '.join(known)}")
     message = first["msg"].removeprefix("Value error, ")

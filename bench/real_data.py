@@ -38,9 +38,9 @@ from automl.predict import Evaluation, to_original_size
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 # resize and budget per dataset, sized for a 2-core CPU; `score: False` times the loop only
 SETTINGS = {
-    "tgs_salt": {"resize": 96, "trials": 6, "max_epochs": 4, "promote_epochs": 6},
-    "fls_sonar": {"resize": 128, "trials": 6, "max_epochs": 4, "promote_epochs": 6},
-    "facade": {"resize": 192, "trials": 6, "max_epochs": 4, "promote_epochs": 6},
+    "tgs_salt": {"resize": 96, "trials": 6, "max_epochs": 4, "promote_epochs": 30},
+    "fls_sonar": {"resize": 128, "trials": 6, "max_epochs": 4, "promote_epochs": 30},
+    "facade": {"resize": 128, "trials": 6, "max_epochs": 4, "promote_epochs": 30},
     "vines": {"resize": 256, "trials": 2, "max_epochs": 1, "promote_epochs": 1, "folds": 2, "score": False},
 }
 

@@ -89,7 +89,7 @@ BAD_INPUTS = {
     "unknown key": (lambda tmp, good: bad(tmp, good, clases=["a"]), "did you mean 'classes'"),
     "unknown task": (lambda tmp, good: bad(tmp, good, task="semantic"), "key 'task'"),
     "unknown format": (lambda tmp, good: bad(tmp, good, labels={"format": "cocoo", "path": "js"}),
-                       "unknown label format 'cocoo' (fix: did you mean 'coco'? valid formats: coco, mask_png"),
+                       "unknown label format 'cocoo'; did you mean 'coco'? (fix: valid formats: coco, mask_png"),
     "glob matches nothing": (lambda tmp, good: bad(tmp, good, images="nothing/*.png"),
                              "key 'images': the glob 'nothing/*.png' matches no image"),
     "labels path missing": (lambda tmp, good: bad(tmp, good, labels={"format": "polygon_json", "path": "nope"}),

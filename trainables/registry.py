@@ -8,9 +8,14 @@ from typing import Callable, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 
+def close_matches(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """The project's one did-you-mean: the valid names closest to a wrong one."""
+    return difflib.get_close_matches(str(name), sorted(valid), n=n, cutoff=0.5)
+
+
 def unknown_name_message(kind: str, name: str, valid: Iterable[str], shown: int = 12) -> str:
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    close = close_matches(name, valid)
     if close:
         return f"unknown {kind} '{name}'; did you mean {', '.join(repr(c) for c in close)}?"
     listed = ", ".join(valid[:shown]) + (f", ... ({len(valid)} in all)" if len(valid) > shown else "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import difflib
 import glob
 import io
 import json
@@ -27,6 +26,7 @@ from PIL import Image
 
 from automl.config import DatasetSpec, GroupField
 from automl.errors import UserError
+from trainables.registry import Registry, close_matches
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".json"}
 
@@ -319,35 +319,33 @@ def outside_issue(points: np.ndarray, height: int, width: int, label: str) -> Is
 
 
 def unknown_class_issue(label: str, spec: DatasetSpec) -> Issue:
-    close = difflib.get_close_matches(label, spec.classes, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return Issue("unknown_class", f"label '{label}' is not in classes{hint}")
+    close = close_matches(label, spec.classes, n=1)
+    return Issue("unknown_class", f"label '{label}' is not in classes" + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
 # ---------------------------------------------------------------- registry
 
-READERS: dict[str, type["Reader"]] = {}
+READERS: Registry[type["Reader"]] = Registry("label format")
 
 
 def register_reader(name: str) -> Callable[[type["Reader"]], type["Reader"]]:
     def add(cls: type["Reader"]) -> type["Reader"]:
-        READERS[name] = cls
         cls.name = name
-        return cls
+        return READERS.register(name)(cls)
     return add
 
 
 def check_format(name: str, file: str | Path | None = None) -> None:
-    if name not in READERS:
-        close = difflib.get_close_matches(name, READERS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(f"unknown label format '{name}'", file=file, key="labels.format",
-                        fix=f"{hint}valid formats: {', '.join(sorted(READERS))}")
+    try:
+        READERS.check(name)
+    except ValueError as e:
+        raise UserError(str(e), file=file, key="labels.format",
+                        fix=f"valid formats: {', '.join(READERS.names())}") from None
 
 
 def create_reader(spec: DatasetSpec) -> "Reader":
     check_format(spec.labels.format, file=spec.source)
-    return READERS[spec.labels.format](spec)
+    return READERS.get(spec.labels.format)(spec)
 
 
 class Reader(ABC):
