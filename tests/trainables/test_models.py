@@ -66,3 +66,10 @@ def test_check_model_knows_what_smp_builds_and_what_runs_at_a_size():
     with pytest.raises(ValueError, match="smp cannot build unetplusplus with encoder mit_b0"):
         check_model("unetplusplus", "mit_b0")
     check_model("unet", "mit_b0", 1, [(64, 64)])  # built on the CPU: Mix Transformers cannot be built on meta
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_check_model_runs_smp_encoders_on_other_channel_counts(in_channels):
+    # smp replaces the first conv outside the meta-device context: a real 1-channel set (fls_sonar) with
+    # resnet18 must not be refused as "Tensor on device meta is not on the expected device cpu"
+    check_model("unet", "resnet18", in_channels, [(128, 128)])
