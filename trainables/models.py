@@ -70,14 +70,12 @@ def _trial_build(arch: str, encoder: str, in_channels: int) -> tuple[torch.nn.Mo
 
     try:
         try:
-            model = build("meta")
+            # smp re-creates the first conv for in_channels != 3 outside the device context: move it back
+            return build("meta").to("meta"), None
         except (RuntimeError, NotImplementedError) as e:
-            if "meta" not in str(e):
+            if "meta" not in str(e).lower():
                 raise
             return build("cpu"), None
-        # smp re-creates the first conv for in_channels != 3 outside the device context
-        on_meta = all(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
-        return (model if on_meta else build("cpu")), None
     except Exception as e:  # smp raises ValueError, KeyError, TypeError... for pairs it cannot build
         return None, _short(e)
 

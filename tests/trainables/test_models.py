@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.models import architectures, check_encoder, check_model, create_model, segment
+from trainables.models import _trial_build, architectures, check_encoder, check_model, create_model, segment
 
 TINY_ENCODER = "tu-test_resnet"  # timm's model for unit tests: ~1M parameters
 
@@ -73,3 +73,5 @@ def test_check_model_runs_smp_encoders_on_other_channel_counts(in_channels):
     # smp replaces the first conv outside the meta-device context: a real 1-channel set (fls_sonar) with
     # resnet18 must not be refused as "Tensor on device meta is not on the expected device cpu"
     check_model("unet", "resnet18", in_channels, [(128, 128)])
+    model, _ = _trial_build("unet", "resnet18", in_channels)
+    assert all(p.is_meta for p in model.parameters())  # checked without allocating weights
