@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/ensemble_memory.py
 	$(BIN)/python bench/predict_throughput.py
+	$(BIN)/python bench/small_dataset_budget.py
+	$(BIN)/python bench/real_data.py
 	$(BIN)/python bench/report_screenshot.py $(DEMO)/runs/demo/report/index.html docs/report.png
 
 clean:

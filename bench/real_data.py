@@ -129,7 +129,8 @@ def plain_loop(full_yaml: Path, test_ids: list[str], resize: int, image_budget: 
         batch = torch.randint(len(train_rows), (8,))
         x, y = images[batch], masks[batch]
         flip = torch.rand(len(batch)) < 0.5  # per image, as albumentations does
-        x, y = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, *[1] * (y.dim() - 1)), y.flip(-1), y)  # N x H x W or N x C x H x W
         target = y if mode == "multiclass" else (y.float() if mode == "multilabel" else y[:, None].float())
         logits = model(x)
         loss = ce(logits, target) + dice(logits, target)
