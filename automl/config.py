@@ -243,15 +243,18 @@ class DataConfig(Frozen):
     crop: int | None = Field(None, ge=8, description="train on crops of this side (CropNonEmptyMaskIfExists)")
     flips: FlipPolicy | None = Field(None, description="None: the dataset.yaml's `flips`, else plain flips")
 
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(height, width) of the resized image."""
+        return (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
+
     def input_sizes(self) -> list[tuple[int, int]]:
         """(height, width) of what the model sees: training crops (if any) and the resized image."""
-        resized = (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
-        return [(self.crop, self.crop), resized] if self.crop else [resized]
+        return [(self.crop, self.crop), self.resized] if self.crop else [self.resized]
 
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
-        sides = (self.resize, self.resize) if isinstance(self.resize, int) else self.resize
-        if self.crop is not None and self.crop > min(sides):
+        if self.crop is not None and self.crop > min(self.resized):
             raise ValueError(f"crop {self.crop} is larger than the resized image {self.resize}")
         return self
 
