@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from automl import store
 from automl.config import TrialConfig, load_dataset_spec
@@ -251,4 +252,24 @@ def summarize(paths: PromotedPaths, configs: dict, splits: Splits, eval_size, nu
         shown = " ".join(f"{s:.4f}" for s in scores)
         state = "" if len(scores) == splits.n_folds else f" ({splits.n_folds - len(scores)} folds failed or missing)"
         echo(f"{model}: folds {shown}  mean {summary[model]['mean'] or 0:.4f}{state}")
+        gain = late_gain([paths.fold_dir(model, k) / "metrics.csv" for k in range(splits.n_folds)])
+        if gain is not None and gain >= STILL_RISING:
+            echo(f"{model}: the fold models are undertrained: validation score still rising at the end "
+                 f"({gain:+.3f} over the last quarter of the epochs, mean of the folds); more --epochs should "
+                 f"help (done folds are kept: remove promoted/{model} and oof/{model}.* to retrain them)")
     return summary
+
+
+STILL_RISING = 0.01  # metric points gained over the last quarter of the epochs
+
+
+def late_gain(metrics_files: list[Path]) -> float | None:
+    """Mean over folds of the validation score gained between 3/4 of the epochs and the last one."""
+    gains = []
+    for path in metrics_files:
+        if not path.exists():
+            continue
+        scores = pd.read_csv(path)["score"].to_numpy()
+        if len(scores) >= 4:
+            gains.append(scores[-1] - scores[int(0.75 * len(scores)) - 1])
+    return float(np.mean(gains)) if gains else None
