@@ -90,7 +90,8 @@ def test_no_group_spans_two_folds(promoted):
 
 def test_ensemble_json_beats_or_equals_the_best_single_model(promoted):
     result = promoted["ensemble"]
-    for key in ("members", "weights", "thresholds", "score", "best_single", "uniform", "hard_vote", "vote_70"):
+    for key in ("members", "weights", "thresholds", "score", "score_in_sample", "best_single", "uniform", "hard_vote",
+                "vote_70", "fell_back_to_best_single"):
         assert key in result
     assert result["score"] >= result["best_single"]
     assert sum(result["weights"]) == pytest.approx(1.0) and len(result["thresholds"]) == 3
@@ -191,3 +192,14 @@ def test_report_renders_every_section_from_the_finished_study(promoted, run_cli)
     assert "No ensemble yet" not in page and "No promote run yet" not in page
     assert page.count("<figure>") == 10  # the worst OOF images as image / label / prediction panels
     assert "trial0" in page and "Per-class" in page
+
+
+def test_late_gain_flags_fold_models_still_improving(tmp_path):
+    from automl.promote import STILL_RISING, late_gain
+
+    rising, flat = tmp_path / "rising.csv", tmp_path / "flat.csv"
+    pd.DataFrame({"epoch": range(1, 9), "score": [.1, .2, .3, .4, .5, .6, .7, .8]}).to_csv(rising, index=False)
+    pd.DataFrame({"epoch": range(1, 9), "score": [.1, .5, .6, .6, .6, .6, .61, .6]}).to_csv(flat, index=False)
+    assert late_gain([rising]) == pytest.approx(0.2)  # epoch 6 -> epoch 8
+    assert late_gain([flat]) < STILL_RISING <= late_gain([rising, flat])
+    assert late_gain([tmp_path / "missing.csv"]) is None
