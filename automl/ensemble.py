@@ -5,17 +5,23 @@ Everything streams over images in chunks read from the uint8 .npy files (plain r
 read pages do not stay resident): only one chunk is ever float32, and memory does not grow with the
 number of images. Multiclass: weighted soft vote. Multilabel and binary:
 weighted mean of probabilities, then a threshold per class tuned on the OOF images.
+
+Every decision made on OOF images (members and weights, thresholds, postprocessing) is made K times, each
+time on the other folds' images, and scored on the held-out fold: `score` is that cross-validated estimate,
+`score_in_sample` the score of the final decision (made on all OOF images, for `predict`) on the images it
+was made on. Baselines go through the same protocol, so gains compare like with like.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ValidationError
 
 from automl import store
 from automl.config import load_dataset_spec
@@ -27,6 +33,26 @@ from automl.postprocess import apply_plan, candidate_classes, operation_order, t
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 CHUNK = 16
+
+
+def read_rows(read: Callable[[slice], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """read(slice) for each run of consecutive rows, concatenated: row subsets of files that read
+    contiguous rows only."""
+    if len(rows) == 0:
+        return read(slice(0, 0))
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+    return np.concatenate([read(slice(int(run[0]), int(run[-1]) + 1)) for run in runs])
+
+
+class RowsView:
+    """Rows `rows` of a row-sliceable source (an array, NpyRows, a label reader), sliced by position."""
+
+    def __init__(self, source, rows: np.ndarray):
+        self.source, self.rows = source, rows
+
+    def __getitem__(self, positions: slice) -> np.ndarray:
+        read = self.source if callable(self.source) else self.source.__getitem__
+        return read_rows(read, self.rows[positions])
 
 
 @dataclass
@@ -42,6 +68,15 @@ class Library:
     num_outputs: int
     ignore_index: int | None
     images: Callable[[int], np.ndarray] | None = None  # row -> HxWx3 image at the OOF resolution
+    folds: np.ndarray | None = None  # the promote fold of each row: the unit of cross-validated decisions
+
+    def subset(self, rows: np.ndarray) -> "Library":
+        """The same library restricted to these rows (sorted), read lazily."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        images = None if self.images is None else (lambda row: self.images(int(rows[row])))
+        return replace(self, arrays=[RowsView(array, rows) for array in self.arrays],
+                       labels=RowsView(self.labels, rows).__getitem__, ids=[self.ids[r] for r in rows],
+                       images=images, folds=None if self.folds is None else self.folds[rows])
 
     @property
     def size(self) -> int:
@@ -67,41 +102,70 @@ class Library:
         return total / (255.0 * weights.sum())
 
 
+@dataclass
+class Decision:
+    """What is decided on OOF images and applied to new ones: a weighted soft vote with per-class thresholds
+    (`order` None), or a hard vote of the models in `order` (None: majority, ties to the better-ranked;
+    else `min_votes` must agree); then the postprocessing plan."""
+
+    weights: np.ndarray
+    thresholds: np.ndarray | None = None
+    postprocess: dict | None = None
+    order: list[int] | None = None
+    min_votes: int | None = None
+
+
+def raw_masks(library: Library, decision: Decision, rows: slice) -> np.ndarray:
+    if decision.order is not None:
+        return vote_masks(library, decision.order, decision.min_votes, rows)
+    return to_masks(library.mean(decision.weights, rows), library.task, decision.thresholds)
+
+
+def decision_masks(library: Library, decision: Decision, rows: slice) -> np.ndarray:
+    """The final masks for these rows: combined, thresholded, then postprocessed."""
+    predicted = raw_masks(library, decision, rows)
+    if decision.postprocess:
+        predicted = np.stack([apply_plan(mask, library.task, decision.postprocess) for mask in predicted])
+    return predicted
+
+
 def ensemble_masks(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None,
                    rows: slice) -> np.ndarray:
-    """The ensemble's final masks for these rows: weighted mean, thresholds, then the postprocessing plan."""
-    predicted = to_masks(library.mean(weights, rows), library.task, thresholds)
-    if plan:
-        predicted = np.stack([apply_plan(mask, library.task, plan) for mask in predicted])
-    return predicted
+    return decision_masks(library, Decision(weights, thresholds, plan), rows)
+
+
+def decision_scores(library: Library, decision: Decision) -> tuple[float, np.ndarray]:
+    """The decision's score and per-class scores on the library's images."""
+    meter = library.meter()
+    for rows in library.chunks():
+        meter.update_predictions(torch.from_numpy(decision_masks(library, decision, rows)), library.target(rows))
+    return meter.compute(), meter.per_class()
 
 
 def plan_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None, plan: dict | None
                 ) -> tuple[float, np.ndarray]:
-    """The ensemble's OOF score and per-class scores with a postprocessing plan applied image by image."""
-    meter = library.meter()
-    for rows in library.chunks():
-        meter.update_predictions(torch.from_numpy(ensemble_masks(library, weights, thresholds, plan, rows)),
-                                 library.target(rows))
-    return meter.compute(), meter.per_class()
+    return decision_scores(library, Decision(weights, thresholds, plan))
+
+
+def with_postprocessing(library: Library, decision: Decision) -> Decision:
+    """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule); keep
+    the plan only when it raises the overall score."""
+    classes = candidate_classes(library.task, library.num_outputs)
+    plan = {operation: [False] * library.num_outputs for operation in operation_order()}
+    plain_score, base = decision_scores(library, replace(decision, postprocess=None))
+    score = plain_score
+    for operation in operation_order():
+        trial = {**plan, operation: [c in classes for c in range(library.num_outputs)]}
+        _, per_class = decision_scores(library, replace(decision, postprocess=trial))
+        plan[operation] = [bool(c in classes and per_class[c] > base[c] + 1e-9) for c in range(library.num_outputs)]
+        score, base = decision_scores(library, replace(decision, postprocess=plan))
+    return replace(decision, postprocess=plan if score > plain_score else None)
 
 
 def search_postprocessing(library: Library, weights: np.ndarray, thresholds: np.ndarray | None
                           ) -> tuple[dict | None, float, np.ndarray]:
-    """Switch each operation on for a class only if that class's OOF score improves (nnU-Net's rule).
-    Returns the plan (None when it does not raise the overall score), the score and per-class scores."""
-    classes = candidate_classes(library.task, library.num_outputs)
-    plan = {operation: [False] * library.num_outputs for operation in operation_order()}
-    score, base = plan_scores(library, weights, thresholds, None)
-    plain_score, plain_per_class = score, base
-    for operation in operation_order():
-        trial = {**plan, operation: [c in classes for c in range(library.num_outputs)]}
-        _, per_class = plan_scores(library, weights, thresholds, trial)
-        plan[operation] = [bool(c in classes and per_class[c] > base[c] + 1e-9) for c in range(library.num_outputs)]
-        score, base = plan_scores(library, weights, thresholds, plan)
-    if score > plain_score:
-        return plan, score, base
-    return None, plain_score, plain_per_class
+    decision = with_postprocessing(library, Decision(weights, thresholds))
+    return (decision.postprocess, *decision_scores(library, decision))
 
 
 def decide(probabilities: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> torch.Tensor:
@@ -166,61 +230,132 @@ def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
     return np.where(per_class.max(axis=0) > at_half, best, 0.5)  # keep 0.5 unless tuning helps
 
 
-def vote_score(library: Library, order: list[int], min_votes: int | None) -> float:
+def vote_masks(library: Library, order: list[int], min_votes: int | None, rows: slice) -> np.ndarray:
     """Hard vote of the members' own decisions. min_votes=None: majority, ties to the better-ranked model;
     otherwise a pixel (multiclass: its majority class) needs at least min_votes agreeing models."""
     tie_break = {m: 1 + 2.0 ** -(rank + 1) * 1e-3 for rank, m in enumerate(order)}  # best rank wins ties
+    decisions = {m: decide(library.arrays[m][rows].astype(np.float32) / 255, library.task).numpy() for m in order}
+    if library.task == "multiclass":
+        votes = np.zeros((len(decisions[order[0]]), library.num_outputs, *decisions[order[0]].shape[1:]))
+        plain = np.zeros_like(votes)
+        for m in order:
+            one_hot = np.eye(library.num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
+            votes += tie_break[m] * one_hot
+            plain += one_hot
+        label = votes.argmax(axis=1)
+        if min_votes is not None:
+            label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
+        return label.astype(np.uint8)
+    said_yes = {m: decisions[m].astype(bool) for m in order}
+    yes = sum(tie_break[m] * said_yes[m] for m in order)
+    no = sum(tie_break[m] * ~said_yes[m] for m in order)
+    count = sum(said_yes[m].astype(np.int32) for m in order)
+    predicted = count >= min_votes if min_votes is not None else yes > no
+    return predicted.astype(np.uint8) if library.task == "binary" else predicted
+
+
+def vote_score(library: Library, order: list[int], min_votes: int | None) -> float:
+    return decision_scores(library, Decision(np.ones(len(library.names)), order=order, min_votes=min_votes))[0]
+
+
+# ---------------------------------------------------------------- strategies: OOF images -> a Decision
+
+def tuned(library: Library, weights: np.ndarray) -> Decision:
+    """Weights as given; thresholds and postprocessing tuned on the library's images."""
+    return with_postprocessing(library, Decision(weights, tune_thresholds(library, weights)))
+
+
+def rank(library: Library) -> list[int]:
+    return [int(m) for m in np.argsort(-single_scores(library), kind="stable")]
+
+
+def decide_best_single(library: Library) -> Decision:
+    return tuned(library, np.eye(len(library.names))[rank(library)[0]])
+
+
+def decide_uniform(library: Library) -> Decision:
+    return tuned(library, np.ones(len(library.names)))
+
+
+def decide_vote(library: Library, fraction: float | None) -> Decision:
+    order = rank(library)
+    min_votes = None if fraction is None else max(1, int(fraction * len(order)))
+    return with_postprocessing(library, Decision(np.ones(len(library.names)), order=order, min_votes=min_votes))
+
+
+@dataclass
+class Selection:
+    decision: Decision
+    history: list[dict] = field(default_factory=list)
+    fell_back: bool = False  # bagging did not beat the best single model, which is used instead
+
+
+def decide_ensemble(library: Library, max_size: int, bags: int, seed: int) -> Selection:
+    singles = single_scores(library)
+    order = [int(m) for m in np.argsort(-singles, kind="stable")]
+    counts, history = np.zeros(len(library.names)), []
+    rng = np.random.default_rng(seed)
+    for bag in range(bags):
+        pool = order if bags == 1 else sorted(rng.choice(order, max(1, len(order) // 2), replace=False).tolist())
+        bag_counts, bag_history = greedy_selection(library, max_size, pool, singles)
+        counts += bag_counts / bag_counts.sum()
+        history += [{"bag": bag, **step} for step in bag_history] if bags > 1 else bag_history
+    decision = tuned(library, counts / counts.sum())
+    if bags > 1:  # a bag may have left the best model out: never worse than it on these images
+        single = decide_best_single(library)
+        if decision_scores(library, single)[0] > decision_scores(library, decision)[0]:
+            return Selection(single, history, fell_back=True)
+    return Selection(decision, history)
+
+
+@dataclass
+class CrossValidated:
+    score: float
+    per_class: np.ndarray
+    per_image: np.ndarray  # each image scored by the decision made without its fold
+    decisions: dict[int, Decision]  # fold -> the decision made on the other folds
+
+
+def cross_validate(library: Library, strategy: Callable[[Library], Decision], per_image: bool = False
+                   ) -> CrossValidated:
+    """Make the decision on all folds but one, apply it to the held-out fold; the pooled held-out score."""
+    folds = np.zeros(library.size, int) if library.folds is None else np.asarray(library.folds)
+    meter, image_scores, decisions = library.meter(), np.full(library.size, np.nan), {}
+    if len(np.unique(folds)) < 2:
+        raise ValueError("cross-validated decisions need OOF predictions from at least 2 folds")
+    for fold in np.unique(folds).tolist():
+        held_rows = np.flatnonzero(folds == fold)
+        decisions[fold] = strategy(library.subset(np.flatnonzero(folds != fold)))
+        held = library.subset(held_rows)
+        for rows in held.chunks():
+            predicted, target = torch.from_numpy(decision_masks(held, decisions[fold], rows)), held.target(rows)
+            meter.update_predictions(predicted, target)
+            if per_image:
+                image_scores[held_rows[rows]] = [image_score(library, predicted[i:i + 1], target[i:i + 1])
+                                                 for i in range(len(predicted))]
+    return CrossValidated(meter.compute(), meter.per_class(), image_scores, decisions)
+
+
+def image_score(library: Library, predicted: torch.Tensor, target: torch.Tensor) -> float:
     meter = library.meter()
-    for rows in library.chunks():
-        decisions = {m: decide(library.arrays[m][rows].astype(np.float32) / 255, library.task).numpy() for m in order}
-        if library.task == "multiclass":
-            votes = np.zeros((len(decisions[order[0]]), library.num_outputs, *decisions[order[0]].shape[1:]))
-            plain = np.zeros_like(votes)
-            for m in order:
-                one_hot = np.eye(library.num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
-                votes += tie_break[m] * one_hot
-                plain += one_hot
-            label = votes.argmax(axis=1)
-            if min_votes is not None:
-                label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
-            predicted = torch.from_numpy(label)
-        else:
-            said_yes = {m: decisions[m].astype(bool) for m in order}
-            yes = sum(tie_break[m] * said_yes[m] for m in order)
-            no = sum(tie_break[m] * ~said_yes[m] for m in order)
-            count = sum(said_yes[m].astype(np.int32) for m in order)
-            predicted = torch.from_numpy(count >= min_votes if min_votes is not None else yes > no)
-        meter.update_predictions(predicted, library.target(rows))
-    return meter.compute()
+    meter.update_predictions(predicted, target)
+    values = meter.per_class()
+    return float(np.nanmean(values)) if np.isfinite(values).any() else 1.0
 
 
-def per_image_scores(library: Library, weights: np.ndarray, thresholds: np.ndarray | None,
-                     plan: dict | None = None) -> np.ndarray:
-    scores = []
-    for rows in library.chunks():
-        predicted = torch.from_numpy(ensemble_masks(library, weights, thresholds, plan, rows))
-        target = library.target(rows)
-        for i in range(len(predicted)):
-            meter = library.meter()
-            meter.update_predictions(predicted[i:i + 1], target[i:i + 1])
-            values = meter.per_class()
-            scores.append(float(np.nanmean(values)) if np.isfinite(values).any() else 1.0)
-    return np.array(scores)
-
-
-def save_worst_panels(library: Library, weights: np.ndarray, thresholds, plan, rows: list[int], folder: Path
+def save_worst_panels(library: Library, decision_of: Callable[[int], Decision], rows: list[int], folder: Path
                       ) -> list[dict]:
-    """image | label | ensemble OOF prediction of the lowest-scoring images, as PNGs in the run folder."""
+    """image | label | held-out ensemble prediction of the lowest-scoring images, as PNGs in the run folder."""
     from automl.overlays import panel, save_png
 
     if library.images is None:
         return []
     saved = []
-    for rank, row in enumerate(rows):
+    for place, row in enumerate(rows):
         window = slice(row, row + 1)
-        predicted = ensemble_masks(library, weights, thresholds, plan, window)[0]
+        predicted = decision_masks(library, decision_of(row), window)[0]
         label = library.labels(window)[0]
-        path = folder / f"{rank:02d}_{Path(library.ids[row]).stem}.png"
+        path = folder / f"{place:02d}_{Path(library.ids[row]).stem}.png"
         save_png(path, panel(library.images(row), label, predicted, library.task))
         saved.append({"id": library.ids[row], "file": str(path.relative_to(folder.parent))})
     return saved
@@ -241,7 +376,7 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
         raise UserError("no promoted model has all its folds done", key="STUDY",
                         fix=f"rerun `automl promote {study}`: it trains the missing folds")
     indexes = [store.read_json(paths.oof(m)[1]) for m in names]
-    ids = indexes[0]["ids"]
+    ids, folds = indexes[0]["ids"], np.asarray(indexes[0]["fold"])
     if any(index["ids"] != ids for index in indexes):
         raise UserError("the OOF files of the promoted models cover different images", key="oof",
                         fix="rerun `automl promote` so every model uses the saved folds")
@@ -257,8 +392,62 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
 
     library = Library(names, [store.NpyRows(paths.oof(m)[0]) for m in names], labels, ids, spec.task,
                       spec.num_outputs, spec.effective_ignore_index,
-                      images=lambda row: np.asarray(cache[rows_to_index[row]].image))
+                      images=lambda row: np.asarray(cache[rows_to_index[row]].image), folds=folds)
     return library, plan
+
+
+def choose(library: Library, max_size: int, bags: int, seed: int
+           ) -> tuple[Selection, CrossValidated, CrossValidated]:
+    """The final selection (made on all OOF images) with the cross-validated scores of the ensemble strategy
+    and of the best single model. When the ensemble does not beat the best single model out of fold (bags
+    that left it out, a selection that fits noise), the best single model is the selection."""
+    ensemble = cross_validate(library, lambda part: decide_ensemble(part, max_size, bags, seed).decision,
+                              per_image=True)
+    best_single = cross_validate(library, decide_best_single, per_image=True)
+    selection = decide_ensemble(library, max_size, bags, seed)
+    if best_single.score > ensemble.score:
+        return Selection(decide_best_single(library), selection.history, fell_back=True), best_single, best_single
+    return selection, ensemble, best_single
+
+
+class EnsembleResult(BaseModel):
+    """ensemble.json. Scores are cross-validated over the promote folds (each fold scored by decisions made
+    on the other folds) unless named `_in_sample`; `members`, `weights`, `thresholds` and `postprocess`
+    are the final decision, made on all OOF images, that `predict` applies."""
+
+    members: list[str]
+    weights: list[float]
+    thresholds: list[float] | None
+    postprocess: dict[str, list[bool]] | None
+    score: float
+    score_in_sample: float
+    best_single: float
+    best_single_model: str
+    uniform: float
+    hard_vote: float
+    vote_70: float
+    single_scores: dict[str, float]  # each model alone at threshold 0.5, no postprocessing, in sample
+    fell_back_to_best_single: bool
+    per_class: list[float | None]
+    class_names: list[str] | None = None
+    worst: list[dict[str, str]]
+    metric: str
+    task: str
+    eval_size: list[int]
+    folds: int
+    max_size: int
+    bags: int
+    history: list[dict]
+    per_image_csv: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EnsembleResult":
+        try:
+            return cls.model_validate(store.read_json(path))
+        except ValidationError as e:
+            raise UserError(f"{path} does not hold a current ensemble ({e.error_count()} fields differ, e.g. "
+                            f"{e.errors()[0]['loc']})", file=path,
+                            fix="rerun `automl ensemble STUDY`: it rewrites the file from the OOF predictions") from None
 
 
 def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int = 1, seed: int = 0,
@@ -267,57 +456,45 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     require_at_least("--bags", bags, 1)
     library, plan = load_library(runs_dir, study)
     run = store.RunDir(runs_dir, study)
+    selection, ensemble, best_single = choose(library, max_size, bags, seed)
+    baselines = {"uniform": cross_validate(library, decide_uniform).score,
+                 "hard_vote": cross_validate(library, lambda part: decide_vote(part, None)).score,
+                 "vote_70": cross_validate(library, lambda part: decide_vote(part, 0.7)).score}
+    final = selection.decision
+    in_sample, _ = decision_scores(library, final)
     singles = single_scores(library)
-    order = list(np.argsort(-singles, kind="stable"))
-    counts = np.zeros(len(library.names))
-    history: list[dict] = []
-    rng = np.random.default_rng(seed)
-    for bag in range(bags):
-        pool = order if bags == 1 else sorted(rng.choice(order, max(1, len(order) // 2), replace=False).tolist())
-        bag_counts, bag_history = greedy_selection(library, max_size, pool, singles)
-        counts += bag_counts / bag_counts.sum()
-        history += [{"bag": bag, **step} for step in bag_history]
-    weights = counts / counts.sum()
-    thresholds = tune_thresholds(library, weights)
-    postprocess, score, per_class = search_postprocessing(library, weights, thresholds)
-    uniform = score_weights(library, np.ones(len(library.names)))
-    hard_vote = vote_score(library, order, None)
-    vote_70 = vote_score(library, order, max(1, int(0.7 * len(order))))
-    per_image = per_image_scores(library, weights, thresholds, postprocess)
-    table = pd.DataFrame({"id": library.ids, "score": per_image}).sort_values("score", kind="stable")
+    table = pd.DataFrame({"id": library.ids, "score": ensemble.per_image}).sort_values("score", kind="stable")
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
         table.to_csv(tmp, index=False)
-    members = [i for i in range(len(library.names)) if weights[i] > 0]
-    worst = save_worst_panels(library, weights, thresholds, postprocess, table.index[:10].tolist(),
+    folds = np.asarray(library.folds)
+    worst = save_worst_panels(library, lambda row: ensemble.decisions[int(folds[row])], table.index[:10].tolist(),
                               run.root / "worst")
-    result = {
-        "members": [library.names[i] for i in members],
-        "weights": [float(weights[i]) for i in members],
-        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
-        "postprocess": postprocess,
-        "score": float(score),
-        "best_single": float(singles.max()),
-        "best_single_model": library.names[int(singles.argmax())],
-        "uniform": float(uniform),
-        "hard_vote": float(hard_vote),
-        "vote_70": float(vote_70),
-        "single_scores": dict(zip(library.names, map(float, singles))),
-        "per_class": [None if np.isnan(v) else float(v) for v in per_class],
-        "class_names": plan.get("class_names"),
-        "worst": worst,
-        "metric": plan["metric"], "task": library.task, "eval_size": plan["eval_size"],
-        "max_size": max_size, "bags": bags, "history": history,
-        "per_image_csv": str(run.root / "ensemble_per_image.csv"),
-    }
-    store.write_json(run.root / "ensemble.json", result)
-    if postprocess:
-        switched = {op: [c for c, on in enumerate(flags) if on] for op, flags in postprocess.items()}
+    members = [i for i in range(len(library.names)) if final.weights[i] > 0]
+    weights = final.weights / final.weights.sum()
+    result = EnsembleResult(
+        members=[library.names[i] for i in members], weights=[float(weights[i]) for i in members],
+        thresholds=None if final.thresholds is None else [float(t) for t in final.thresholds],
+        postprocess=final.postprocess, score=float(ensemble.score), score_in_sample=float(in_sample),
+        best_single=float(best_single.score), best_single_model=library.names[int(singles.argmax())],
+        **{name: float(value) for name, value in baselines.items()},
+        single_scores=dict(zip(library.names, map(float, singles))), fell_back_to_best_single=selection.fell_back,
+        per_class=[None if np.isnan(v) else float(v) for v in ensemble.per_class],
+        class_names=plan.get("class_names"), worst=worst, metric=plan["metric"], task=library.task,
+        eval_size=list(plan["eval_size"]), folds=len(ensemble.decisions), max_size=max_size, bags=bags,
+        history=selection.history, per_image_csv=str(run.root / "ensemble_per_image.csv"))
+    store.write_json(run.root / "ensemble.json", result.model_dump())
+    if final.postprocess:
+        switched = {op: [c for c, on in enumerate(flags) if on] for op, flags in final.postprocess.items()}
         echo(f"postprocessing that helps on OOF (class indices): {switched}")
+    if selection.fell_back:
+        echo("the selected ensemble did not beat the best single model out of fold: using that model alone")
     echo(f"ensemble of {len(members)} models ({', '.join(f'{library.names[i]} x{weights[i]:.2f}' for i in members)}): "
-         f"OOF {plan['metric']} {score:.4f}; best single {singles.max():.4f}, uniform {uniform:.4f}, "
-         f"hard vote {hard_vote:.4f}, 70% vote {vote_70:.4f}")
+         f"OOF {plan['metric']} {result.score:.4f} cross-validated over {result.folds} folds (each fold scored by "
+         f"weights, thresholds and postprocessing chosen on the others; {in_sample:.4f} in sample). Baselines, "
+         f"tuned the same way: best single {result.best_single:.4f}, uniform {result.uniform:.4f}, hard vote "
+         f"{result.hard_vote:.4f}, 70% vote {result.vote_70:.4f}")
     echo("lowest out-of-fold scores (label noise or hard images):")
     for row in table.head(10).itertuples():
         echo(f"  {row.score:.4f}  {row.id}")
     echo(f"all images: {run.root / 'ensemble_per_image.csv'}")
-    return result
+    return result.model_dump()

@@ -20,6 +20,7 @@ from automl.data import formats
 from automl.data.cache import as_size, resize_image
 from automl.data.formats import match_channels
 from automl.data.dataset import SegmentationDataset
+from automl.ensemble import EnsembleResult
 from automl.errors import UserError, require_at_least
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from automl.postprocess import apply_plan, to_masks
@@ -67,9 +68,9 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
         if not ensemble_file.exists():
             raise UserError(f"study '{run.study}' has no ensemble", key="STUDY",
                             fix=f"run `automl ensemble {run.study}`, or pass --model NAME")
-        ensemble = store.read_json(ensemble_file)
-        chosen = list(zip(ensemble["members"], ensemble["weights"]))
-        decisions = {"thresholds": ensemble.get("thresholds"), "postprocess": ensemble.get("postprocess")}
+        ensemble = EnsembleResult.load(ensemble_file)
+        chosen = list(zip(ensemble.members, ensemble.weights))
+        decisions = {"thresholds": ensemble.thresholds, "postprocess": ensemble.postprocess}
     members = []
     for name, weight in chosen:
         config = TrialConfig(**plan["models"][name]["config"])

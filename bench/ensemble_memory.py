@@ -3,8 +3,8 @@
     .venv/bin/python bench/ensemble_memory.py [--models 20] [--images 1000] [--classes 10] [--side 128]
 
 Writes M synthetic OOF files (uint8 probabilities, N x C x side x side: 3.3 GB for the defaults) and the
-labels, then runs what `automl ensemble` runs: every model alone, greedy selection (max 5 members), the
-uniform average, the hard vote and per-image scores. Peak RSS is the kernel's high-water mark
+labels, then runs the selection `automl ensemble` runs, cross-validated over 5 folds (each fold scored by
+the greedy selection, max 5 members, made on the other 4; per-image held-out scores), and the hard vote. Peak RSS is the kernel's high-water mark
 (VmHWM, reset after the files are written) and should stay flat as --images grows.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from automl.ensemble import Library, greedy_selection, per_image_scores, score_weights, single_scores, vote_score
+from automl.ensemble import Library, cross_validate, greedy_selection, single_scores, tuned, vote_score
 from automl.store import NpyRows
 
 
@@ -75,18 +75,21 @@ def main() -> None:
         reset_peak_rss()  # writing the files is not part of the measurement
         baseline = peak_rss_mb()
         library = Library([p.stem for p in paths], [NpyRows(p) for p in paths], lambda rows: labels[rows],
-                          [str(i) for i in range(args.images)], "multiclass", args.classes, None)
+                          [str(i) for i in range(args.images)], "multiclass", args.classes, None,
+                          folds=np.arange(args.images) % 5)
+
+        def select(part: Library):
+            return tuned(part, greedy_selection(part, max_size=5)[0])
+
         start = time.perf_counter()
         singles = single_scores(library)
-        counts, history = greedy_selection(library, max_size=5, singles=singles)
-        weights = counts / counts.sum()
-        score = score_weights(library, weights)
-        uniform = score_weights(library, np.ones(len(paths)))
+        ensemble = cross_validate(library, select, per_image=True)
         hard = vote_score(library, list(np.argsort(-singles)), None)
-        per_image_scores(library, weights, None)
         seconds = time.perf_counter() - start
-        print(f"selection: {len(history)} greedy steps, members {[library.names[i] for i in np.flatnonzero(counts)]}")
-        print(f"mIoU: ensemble {score:.4f}, best single {singles.max():.4f}, uniform {uniform:.4f}, hard vote {hard:.4f}")
+        members = [sorted(library.names[i] for i in np.flatnonzero(d.weights)) for d in ensemble.decisions.values()]
+        print(f"members chosen per fold: {members}")
+        print(f"mIoU: ensemble {ensemble.score:.4f} (cross-validated), best single {singles.max():.4f} (in sample), "
+              f"hard vote {hard:.4f}")
         print(f"time {seconds:.0f} s; peak RSS {peak_rss_mb():.0f} MB (before selection {baseline:.0f} MB)  "
               f"(goal < 2048 MB)")
     finally:

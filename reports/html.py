@@ -214,9 +214,16 @@ def ensemble_section(ensemble: dict | None, metric: str) -> str:
     axis.set_xlim(max(0.0, low - 0.1), 1.0)
     axis.set_xlabel(f"OOF {metric}")
     gain = ensemble["score"] - ensemble["best_single"]
-    notes = (f"<p>OOF {metric} {ensemble['score']:.4f}: {gain:+.4f} over the best single model, "
+    in_sample = ensemble.get("score_in_sample")
+    protocol = ("cross-validated over the promote folds: each fold scored by weights, thresholds and "
+                "postprocessing chosen on the others; every baseline tuned the same way"
+                + (f"; {in_sample:.4f} in sample" if in_sample is not None else "")) if in_sample is not None \
+        else "in sample: chosen and scored on the same OOF images"
+    fallback = ("<p>The selected ensemble did not beat the best single model out of fold: predict uses that "
+                "model alone.</p>" if ensemble.get("fell_back_to_best_single") else "")
+    notes = (f"<p>OOF {metric} {ensemble['score']:.4f} ({protocol}): {gain:+.4f} over the best single model, "
              f"{ensemble['score'] - ensemble['uniform']:+.4f} over the uniform average, "
-             f"{ensemble['score'] - ensemble['hard_vote']:+.4f} over the hard vote.</p>")
+             f"{ensemble['score'] - ensemble['hard_vote']:+.4f} over the hard vote.</p>{fallback}")
     extra = ""
     if ensemble.get("thresholds"):
         extra += f"<p>thresholds per class: {', '.join(f'{t:.2f}' for t in ensemble['thresholds'])}</p>"

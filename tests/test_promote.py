@@ -90,7 +90,8 @@ def test_no_group_spans_two_folds(promoted):
 
 def test_ensemble_json_beats_or_equals_the_best_single_model(promoted):
     result = promoted["ensemble"]
-    for key in ("members", "weights", "thresholds", "score", "best_single", "uniform", "hard_vote", "vote_70"):
+    for key in ("members", "weights", "thresholds", "score", "score_in_sample", "best_single", "uniform", "hard_vote",
+                "vote_70", "fell_back_to_best_single"):
         assert key in result
     assert result["score"] >= result["best_single"]
     assert sum(result["weights"]) == pytest.approx(1.0) and len(result["thresholds"]) == 3
