@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,6 +51,10 @@ class TrainResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
+
+    @property
+    def final_score(self) -> float:
+        return self.history[-1]["score"] if self.history else -1.0
 
 
 def seed_everything(seed: int) -> None:
@@ -160,8 +164,17 @@ def build_model(config: TrialConfig, num_outputs: int) -> torch.nn.Module:
                         in_channels=config.model.in_channels)
 
 
-def train(config: TrialConfig, data: TrainData, report: Report | None = None, out_dir: str | Path | None = None,
-          device: str | None = None) -> TrainResult:
+@dataclass
+class Epoch:
+    """One finished epoch: its metrics and the model as it is at the end of it (eval mode)."""
+
+    number: int
+    metrics: dict
+    model: torch.nn.Module
+
+
+def training_epochs(config: TrialConfig, data: TrainData, device: str | None = None) -> Iterator[Epoch]:
+    """Train epoch by epoch, validating after each; yields every epoch (the consumer decides what to keep)."""
     spec = data.dataset.spec
     seed_everything(config.train.seed)
     device = pick_device(device)
@@ -179,10 +192,6 @@ def train(config: TrialConfig, data: TrainData, report: Report | None = None, ou
                         config.schedule.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     normalize = Normalizer(device, channels_last=cuda, channels=config.model.in_channels)
-    out = Path(out_dir) if out_dir else None
-    if out:
-        store.write_json(out / "config.json", config.model_dump(mode="json"))
-    result = TrainResult(best_score=-1.0, best_epoch=0, epochs_run=0)
     steps = 0
     for epoch in range(1, config.train.epochs + 1):
         start = time.perf_counter()
@@ -193,21 +202,39 @@ def train(config: TrialConfig, data: TrainData, report: Report | None = None, ou
         score, per_class, val_loss = evaluate(model, val_loader, loss_fn, normalize, meter, amp)
         schedule.after_epoch(score)
         steps += len(train_loader)
-        metrics = {"epoch": epoch, "score": score, "metric": METRIC_NAME[spec.task], "train_loss": train_loss,
-                   "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], "steps": steps,
-                   "steps_per_epoch": len(train_loader), "train_images": images,
-                   "train_images_per_s": images / train_seconds, "seconds": time.perf_counter() - start,
-                   "per_class": [None if np.isnan(v) else float(v) for v in per_class]}
-        result.epochs_run = epoch
-        result.history.append(metrics)
+        yield Epoch(epoch, {"epoch": epoch, "score": score, "metric": METRIC_NAME[spec.task],
+                            "train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"],
+                            "steps": steps, "steps_per_epoch": len(train_loader), "train_images": images,
+                            "train_images_per_s": images / train_seconds,
+                            "seconds": time.perf_counter() - start,
+                            "per_class": [None if np.isnan(v) else float(v) for v in per_class]}, model)
+
+
+def train(config: TrialConfig, data: TrainData, report: Report | None = None, out_dir: str | Path | None = None,
+          device: str | None = None, keep: str = "best") -> TrainResult:
+    """Train and validate every epoch. keep="best" saves the checkpoint of the best validation epoch
+    (best.pt); keep="final" saves the last epoch's (final.pt), for predictions scored on the validation
+    images themselves, where picking the epoch on them would flatter the score."""
+    if keep not in ("best", "final"):
+        raise ValueError(f"keep must be 'best' or 'final', not {keep!r}")
+    out = Path(out_dir) if out_dir else None
+    if out:
+        store.write_json(out / "config.json", config.model_dump(mode="json"))
+    result = TrainResult(best_score=-1.0, best_epoch=0, epochs_run=0)
+    for epoch in training_epochs(config, data, device):
+        score = epoch.metrics["score"]
+        result.epochs_run = epoch.number
+        result.history.append(epoch.metrics)
         if score > result.best_score:
-            result.best_score, result.best_epoch = score, epoch
-            if out:
-                result.checkpoint = save_checkpoint(model, out / "best.pt")
+            result.best_score, result.best_epoch = score, epoch.number
+            if out and keep == "best":
+                result.checkpoint = save_checkpoint(epoch.model, out / "best.pt")
+        if out and keep == "final" and epoch.number == config.train.epochs:
+            result.checkpoint = save_checkpoint(epoch.model, out / "final.pt")
         if out:
             write_metrics(out / "metrics.csv", result.history)
         if report:
-            report(epoch, metrics)
+            report(epoch.number, epoch.metrics)
     return result
 
 
