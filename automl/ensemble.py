@@ -21,9 +21,10 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from automl import store
+from automl.promoted import PromotePlan, PromotedPaths, load_record
 from automl.config import load_dataset_spec
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
@@ -361,17 +362,15 @@ def save_worst_panels(library: Library, decision_of: Callable[[int], Decision], 
     return saved
 
 
-def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
-    from automl.promote import PromotedPaths
-
+def load_library(runs_dir: str | Path, study: str) -> tuple[Library, PromotePlan]:
     run = store.RunDir(runs_dir, study)
     settings = run.settings()
     paths = PromotedPaths(run.root)
     if not paths.plan.exists():
         raise UserError(f"study '{study}' has no promoted models", key="STUDY",
                         fix=f"run `automl promote {study}` first")
-    plan = store.read_json(paths.plan)
-    names = [m for m in plan["models"] if paths.oof(m)[0].exists()]
+    plan = paths.load_plan()
+    names = [m for m in plan.models if paths.oof(m)[0].exists()]
     if not names:
         raise UserError("no promoted model has all its folds done", key="STUDY",
                         fix=f"rerun `automl promote {study}`: it trains the missing folds")
@@ -382,7 +381,7 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, dict]:
                         fix="rerun `automl promote` so every model uses the saved folds")
     dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
     spec = dataset.spec
-    cache = ResizeCache(dataset, tuple(plan["eval_size"]))
+    cache = ResizeCache(dataset, plan.eval_size)
     position = dataset.index_of
     rows_to_index = [position[i] for i in ids]
     cache.ensure(rows_to_index)
@@ -442,12 +441,8 @@ class EnsembleResult(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> "EnsembleResult":
-        try:
-            return cls.model_validate(store.read_json(path))
-        except ValidationError as e:
-            raise UserError(f"{path} does not hold a current ensemble ({e.error_count()} fields differ, e.g. "
-                            f"{e.errors()[0]['loc']})", file=path,
-                            fix="rerun `automl ensemble STUDY`: it rewrites the file from the OOF predictions") from None
+        return load_record(cls, Path(path),
+                           fix="rerun `automl ensemble STUDY`: it rewrites the file from the OOF predictions")
 
 
 def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int = 1, seed: int = 0,
@@ -479,8 +474,8 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         **{name: float(value) for name, value in baselines.items()},
         single_scores=dict(zip(library.names, map(float, singles))), fell_back_to_best_single=selection.fell_back,
         per_class=[None if np.isnan(v) else float(v) for v in ensemble.per_class],
-        class_names=plan.get("class_names"), worst=worst, metric=plan["metric"], task=library.task,
-        eval_size=list(plan["eval_size"]), folds=len(ensemble.decisions), max_size=max_size, bags=bags,
+        class_names=plan.class_names, worst=worst, metric=plan.metric, task=library.task,
+        eval_size=list(plan.eval_size), folds=len(ensemble.decisions), max_size=max_size, bags=bags,
         history=selection.history, per_image_csv=str(run.root / "ensemble_per_image.csv"))
     store.write_json(run.root / "ensemble.json", result.model_dump())
     if final.postprocess:
@@ -489,7 +484,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     if selection.fell_back:
         echo("the selected ensemble did not beat the best single model out of fold: using that model alone")
     echo(f"ensemble of {len(members)} models ({', '.join(f'{library.names[i]} x{weights[i]:.2f}' for i in members)}): "
-         f"OOF {plan['metric']} {result.score:.4f} cross-validated over {result.folds} folds (each fold scored by "
+         f"OOF {plan.metric} {result.score:.4f} cross-validated over {result.folds} folds (each fold scored by "
          f"weights, thresholds and postprocessing chosen on the others; {in_sample:.4f} in sample). Baselines, "
          f"tuned the same way: best single {result.best_single:.4f}, uniform {result.uniform:.4f}, hard vote "
          f"{result.hard_vote:.4f}, 70% vote {result.vote_70:.4f}")

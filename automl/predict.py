@@ -49,19 +49,19 @@ class Member:
 def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, model: str | None
                  ) -> tuple[list[Member], dict]:
     """The ensemble (or one promoted model) with all its fold checkpoints loaded on `device`."""
-    from automl.promote import PromotedPaths, model_name
+    from automl.promoted import PromotedPaths, model_name
     from trainables.train import build_model, flip_policy, load_checkpoint
 
     paths = PromotedPaths(run.root)
     if not paths.plan.exists():
         raise UserError(f"study '{run.study}' has no promoted models", key="STUDY",
                         fix=f"run `automl promote {run.study}` and `automl ensemble {run.study}` first")
-    plan = store.read_json(paths.plan)
+    plan = paths.load_plan()
     if model is not None:
-        name = model if model in plan["models"] else model_name(int(model)) if model.isdigit() else model
-        if name not in plan["models"]:
+        name = model if model in plan.models else model_name(int(model)) if model.isdigit() else model
+        if name not in plan.models:
             raise UserError(f"no promoted model '{model}'", key="--model",
-                            fix=f"use one of {', '.join(plan['models'])}")
+                            fix=f"use one of {', '.join(plan.models)}")
         chosen, decisions = [(name, 1.0)], {"thresholds": None, "postprocess": None}
     else:
         ensemble_file = run.root / "ensemble.json"
@@ -73,11 +73,11 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
         decisions = {"thresholds": ensemble.thresholds, "postprocess": ensemble.postprocess}
     members = []
     for name, weight in chosen:
-        config = TrialConfig(**plan["models"][name]["config"])
-        networks = [load_checkpoint(build_model(config, spec.num_outputs), paths.fold_dir(name, k) / "best.pt")
-                    .to(device).eval() for k in range(plan["folds"])]
+        config = TrialConfig(**plan.models[name].config)
+        networks = [load_checkpoint(build_model(config, spec.num_outputs), paths.checkpoint(name, k))
+                    .to(device).eval() for k in range(plan.folds)]
         members.append(Member(name, weight, config, networks, flip_policy(config, spec)))
-    return members, {**decisions, "eval_size": tuple(plan["eval_size"])}
+    return members, {**decisions, "eval_size": plan.eval_size}
 
 
 def list_prediction_images(images: str | Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """`automl promote`: the best trials trained on full data, every fold of a group K-fold, as Ray Tune trials.
 
-Each (model, fold) job trains on the other folds, keeps its best checkpoint and writes the probabilities
+Each (model, fold) job trains on the other folds, keeps its final checkpoint (an epoch picked on the
+validation images would flatter their score) and writes the probabilities
 of its validation images (x255, uint8, at one eval resolution shared by all models). When all folds of a
 model are done they are assembled into oof/<model>.npy (memory-mapped, one row per training image) and
 oof/<model>.json (the image ids, folds and resolution). A fold with done.json is never trained again.
@@ -22,10 +23,7 @@ from automl.data.dataset import SegmentationDataset
 from automl.data.splits import Splits, make_kfold_splits, strata
 from automl.data.stats import label_stats
 from automl.errors import UserError, require_at_least, require_positive
-
-
-def model_name(trial_number: int) -> str:
-    return f"trial{trial_number:04d}"
+from automl.promoted import FoldResult, PromotedModel, PromotePlan, PromotedPaths, model_name
 
 
 @dataclass
@@ -53,28 +51,6 @@ class FoldContext:
     threads: int
 
 
-class PromotedPaths:
-    def __init__(self, study_dir: str | Path):
-        self.root = Path(study_dir)
-
-    def fold_dir(self, model: str, fold: int) -> Path:
-        return self.root / "promoted" / model / f"fold{fold}"
-
-    def is_done(self, model: str, fold: int) -> bool:
-        return (self.fold_dir(model, fold) / "done.json").exists()
-
-    def oof(self, model: str) -> tuple[Path, Path]:
-        return self.root / "oof" / f"{model}.npy", self.root / "oof" / f"{model}.json"
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "promote.json"
-
-    @property
-    def folds(self) -> Path:
-        return self.root / "folds.json"
-
-
 # ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
 
 def run_fold(config: dict[str, Any], context: FoldContext) -> None:
@@ -97,17 +73,20 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     position = dataset.index_of
     val_ids = splits.validation(fold)
     data = TrainData.from_ids(dataset, splits.training(fold), val_ids)
+    # the final epoch, not the best one on val_ids: those images are then scored (bench/oof_epoch.py)
     result = train(trial_config, data, lambda epoch, m: tune.report({"score": m["score"], "epoch": epoch}),
-                   out_dir=out)
+                   out_dir=out, keep="final")
     device = pick_device()
-    network = load_checkpoint(build_model(trial_config, dataset.spec.num_outputs), out / "best.pt").to(device)
+    network = load_checkpoint(build_model(trial_config, dataset.spec.num_outputs), result.checkpoint).to(device)
     cache = ResizeCache(dataset, trial_config.data.resize)
     channels = trial_config.model.in_channels
     images = np.stack([match_channels(np.asarray(cache[position[i]].image), channels) for i in val_ids])
     probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size)
     store.save_npy(out / "oof.npy", to_uint8(probabilities))
-    store.write_json(out / "done.json", {"model": model, "fold": fold, "ids": val_ids, "score": result.best_score,
-                                         "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+    done = FoldResult(model=model, fold=fold, ids=val_ids, score=result.final_score,
+                      checkpoint=result.checkpoint.name, best_epoch=result.best_epoch,
+                      best_score=result.best_score, epochs=result.epochs_run)
+    store.write_json(out / "done.json", done.model_dump(mode="json"))
 
 
 # ---------------------------------------------------------------- the driver
@@ -160,9 +139,9 @@ def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tu
                                           shape=(len(splits.ids), num_outputs, *eval_size))
         filled = np.zeros(len(splits.ids), bool)
         for fold in range(splits.n_folds):
-            done = store.read_json(paths.fold_dir(model, fold) / "done.json")
+            done = paths.fold_result(model, fold)
             probabilities = np.load(paths.fold_dir(model, fold) / "oof.npy", mmap_mode="r")
-            for image_id, probs in zip(done["ids"], probabilities):
+            for image_id, probs in zip(done.ids, probabilities):
                 array[row[image_id]] = probs
                 filled[row[image_id]] = True
         array.flush()
@@ -205,14 +184,14 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
         config = store.read_json(Path(trial.user_attrs["trial_dir"]) / "config.json")
         config["train"] = {**config.get("train", {}), "epochs": epochs}
         configs[model_name(trial.number)] = config
-    plan = store.read_json(paths.plan) if paths.plan.exists() else {"models": {}}
-    eval_size = tuple(plan.get("eval_size") or eval_size_of(configs))
+    before = paths.load_plan() if paths.plan.exists() else None
+    eval_size = before.eval_size if before else eval_size_of(configs)
+    plan = PromotePlan(models=before.models if before else {}, folds=splits.n_folds, eval_size=eval_size,
+                       metric=settings.metric, task=settings.task,
+                       class_names=["foreground"] if settings.task == "binary" else dataset.spec.class_names)
     for name, trial in zip(configs, chosen):
-        plan["models"][name] = {"trial": trial.number, "search_score": trial.value, "config": configs[name]}
-    plan.update({"folds": splits.n_folds, "eval_size": list(eval_size), "metric": settings.metric,
-                 "task": settings.task,
-                 "class_names": ["foreground"] if settings.task == "binary" else dataset.spec.class_names})
-    store.write_json(paths.plan, plan)
+        plan.models[name] = PromotedModel(trial=trial.number, search_score=trial.value, config=configs[name])
+    store.write_json(paths.plan, plan.model_dump(mode="json"))
     jobs = [{"model": m, "fold": k} for m in configs for k in range(splits.n_folds) if not paths.is_done(m, k)]
     skipped = len(configs) * splits.n_folds - len(jobs)
     echo(f"promoting {', '.join(configs)} x {splits.n_folds} folds ({splits.method}), {epochs} epochs, "
@@ -244,8 +223,7 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
 def summarize(paths: PromotedPaths, configs: dict, splits: Splits, eval_size, num_outputs: int, echo) -> dict:
     summary = {}
     for model in configs:
-        scores = [store.read_json(paths.fold_dir(model, k) / "done.json")["score"]
-                  for k in range(splits.n_folds) if paths.is_done(model, k)]
+        scores = [paths.fold_result(model, k).score for k in range(splits.n_folds) if paths.is_done(model, k)]
         if len(scores) == splits.n_folds and not paths.oof(model)[0].exists():  # done folds never change
             assemble_oof(paths, model, splits, eval_size, num_outputs)
         summary[model] = {"fold_scores": scores, "mean": float(np.mean(scores)) if scores else None}

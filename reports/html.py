@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from automl import store  # noqa: E402
 from automl.config import MIN_STEPS_PER_EPOCH, FlipPolicy  # noqa: E402
+from automl.promoted import FoldResult  # noqa: E402
 
 SECTIONS = ("summary", "leaderboard", "history", "importance", "rungs", "parallel", "loss-weights", "folds",
             "ensemble", "per-class", "worst", "audit")
@@ -190,9 +191,10 @@ def loss_weight_section(trials: pd.DataFrame, metric: str) -> str:
 def folds_section(root: Path) -> str:
     rows = []
     for done in sorted(root.glob("promoted/*/fold*/done.json")):
-        data = store.read_json(done)
-        rows.append({"model": data["model"], "fold": data["fold"], "score": data["score"],
-                     "best epoch": data["best_epoch"], "images": len(data["ids"])})
+        fold = FoldResult.model_validate(store.read_json(done))
+        rows.append({"model": fold.model, "fold": fold.fold, "score": fold.score,
+                     "scored with": "final epoch" if fold.checkpoint == "final.pt" else "best epoch",
+                     "best epoch on validation": fold.best_epoch, "images": len(fold.ids)})
     if not rows:
         return section("folds", "Promoted models", empty("No promote run yet: run automl promote."))
     frame = pd.DataFrame(rows)

@@ -48,7 +48,7 @@ def promoted(tmp_path_factory, ray_session):
         time.sleep(0.3)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    done_before = {path.parent: (digest(path), digest(path.parent / "best.pt"))
+    done_before = {path.parent: (digest(path), digest(path.parent / "final.pt"))
                    for path in runs.glob("p/promoted/*/fold*/done.json")}
     lines: list[str] = []
     run_promote(PromoteOptions(study="p", runs_dir=runs, top=2, folds=FOLDS, epochs=2), echo=lines.append)
@@ -62,7 +62,7 @@ def test_a_killed_promote_resumes_and_skips_finished_folds(promoted):
     assert 1 <= len(done_before) < 2 * FOLDS, "the kill should land between the first and the last fold"
     assert f"{len(done_before)} folds already done, {2 * FOLDS - len(done_before)} to train" in promoted["lines"][0]
     for fold_dir, (done, weights) in done_before.items():  # untouched by the rerun
-        assert digest(fold_dir / "done.json") == done and digest(fold_dir / "best.pt") == weights
+        assert digest(fold_dir / "done.json") == done and digest(fold_dir / "final.pt") == weights
 
 
 def test_every_image_has_exactly_one_oof_prediction_per_model(promoted):
@@ -203,3 +203,16 @@ def test_late_gain_flags_fold_models_still_improving(tmp_path):
     assert late_gain([rising]) == pytest.approx(0.2)  # epoch 6 -> epoch 8
     assert late_gain([flat]) < STILL_RISING <= late_gain([rising, flat])
     assert late_gain([tmp_path / "missing.csv"]) is None
+
+
+def test_folds_score_their_oof_with_the_final_epoch_not_the_best_one_on_those_images(promoted):
+    from automl.promoted import PromotedPaths
+
+    paths = PromotedPaths(promoted["runs"] / "p")
+    for done_file in (promoted["runs"] / "p").glob("promoted/*/fold*/done.json"):
+        fold = paths.fold_result(done_file.parent.parent.name, int(done_file.parent.name.removeprefix("fold")))
+        history = pd.read_csv(done_file.parent / "metrics.csv")
+        assert fold.checkpoint == "final.pt" and fold.epochs == len(history) == 2
+        assert fold.score == pytest.approx(history["score"].iloc[-1], abs=1e-9)
+        assert fold.best_score == pytest.approx(history["score"].max(), abs=1e-9)
+        assert (done_file.parent / "final.pt").exists() and not (done_file.parent / "best.pt").exists()

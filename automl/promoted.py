@@ -1,0 +1,91 @@
+"""What `automl promote` leaves on disk, typed: promote.json (the plan), each fold's done.json, and where
+the checkpoints and OOF files live. Readers (ensemble, predict, report) use these instead of string keys;
+nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from automl import store
+from automl.errors import UserError
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def model_name(trial_number: int) -> str:
+    return f"trial{trial_number:04d}"
+
+
+class PromotedModel(BaseModel):
+    trial: int
+    search_score: float | None
+    config: dict  # the TrialConfig as JSON, with the promote epochs
+
+
+class PromotePlan(BaseModel):
+    """promote.json: the promoted models and what every fold shares."""
+
+    models: dict[str, PromotedModel] = {}
+    folds: int
+    eval_size: tuple[int, int]
+    metric: str
+    task: str
+    class_names: list[str]
+
+
+class FoldResult(BaseModel):
+    """promoted/<model>/fold<k>/done.json: written last, so its presence means the fold is complete.
+    `score` is the score of `checkpoint` on the fold's validation images (those its OOF covers)."""
+
+    model: str
+    fold: int
+    ids: list[str]
+    score: float
+    checkpoint: str = "best.pt"  # studies promoted before the final checkpoint was kept
+    best_epoch: int
+    best_score: float | None = None
+    epochs: int
+
+
+def load_record(cls: type[Record], path: Path, fix: str) -> Record:
+    try:
+        return cls.model_validate(store.read_json(path))
+    except ValidationError as e:
+        raise UserError(f"{path} is not a valid {cls.__name__} ({e.error_count()} fields differ, e.g. "
+                        f"{e.errors()[0]['loc']})", file=path, fix=fix) from None
+
+
+class PromotedPaths:
+    def __init__(self, study_dir: str | Path):
+        self.root = Path(study_dir)
+
+    def fold_dir(self, model: str, fold: int) -> Path:
+        return self.root / "promoted" / model / f"fold{fold}"
+
+    def is_done(self, model: str, fold: int) -> bool:
+        return (self.fold_dir(model, fold) / "done.json").exists()
+
+    def fold_result(self, model: str, fold: int) -> FoldResult:
+        return load_record(FoldResult, self.fold_dir(model, fold) / "done.json",
+                           fix=f"remove {self.fold_dir(model, fold)} and rerun `automl promote` to retrain the fold")
+
+    def checkpoint(self, model: str, fold: int) -> Path:
+        return self.fold_dir(model, fold) / self.fold_result(model, fold).checkpoint
+
+    def oof(self, model: str) -> tuple[Path, Path]:
+        return self.root / "oof" / f"{model}.npy", self.root / "oof" / f"{model}.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "promote.json"
+
+    def load_plan(self) -> PromotePlan:
+        return load_record(PromotePlan, self.plan, fix="rerun `automl promote STUDY`: it rewrites the plan")
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.json"
