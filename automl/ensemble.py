@@ -26,11 +26,13 @@ from pydantic import BaseModel
 from automl import store
 from automl.promoted import PromotePlan, PromotedPaths, load_record
 from automl.config import load_dataset_spec
+from automl.data import formats
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
 from automl.errors import UserError, require_at_least
 from automl.metrics import SegmentationMeter
-from automl.postprocess import apply_plan, candidate_classes, operation_order, to_masks
+from automl.postprocess import (apply_plan, candidate_classes, final_mask, operation_order, to_masks,
+                                to_original_size)
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 CHUNK = 16
@@ -70,14 +72,16 @@ class Library:
     ignore_index: int | None
     images: Callable[[int], np.ndarray] | None = None  # row -> HxWx3 image at the OOF resolution
     folds: np.ndarray | None = None  # the promote fold of each row: the unit of cross-validated decisions
+    full_labels: Callable[[int], np.ndarray] | None = None  # row -> label at the image's original size
 
     def subset(self, rows: np.ndarray) -> "Library":
         """The same library restricted to these rows (sorted), read lazily."""
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         images = None if self.images is None else (lambda row: self.images(int(rows[row])))
+        full_labels = None if self.full_labels is None else (lambda row: self.full_labels(int(rows[row])))
         return replace(self, arrays=[RowsView(array, rows) for array in self.arrays],
                        labels=RowsView(self.labels, rows).__getitem__, ids=[self.ids[r] for r in rows],
-                       images=images, folds=None if self.folds is None else self.folds[rows])
+                       images=images, folds=None if self.folds is None else self.folds[rows], full_labels=full_labels)
 
     @property
     def size(self) -> int:
@@ -135,11 +139,43 @@ def ensemble_masks(library: Library, weights: np.ndarray, thresholds: np.ndarray
     return decision_masks(library, Decision(weights, thresholds, plan), rows)
 
 
-def decision_scores(library: Library, decision: Decision) -> tuple[float, np.ndarray]:
-    """The decision's score and per-class scores on the library's images."""
+def original_size_mask(library: Library, decision: Decision, row: int, size: tuple[int, int]) -> np.ndarray:
+    """One image's final mask at its original size, made as `predict` makes it: the combined probabilities
+    brought up to the image's size (bilinear), then thresholds and postprocessing."""
+    window = slice(row, row + 1)
+    if decision.order is None:
+        full = to_original_size(torch.from_numpy(library.mean(decision.weights, window)[0]), size).numpy()
+        return final_mask(full, library.task, decision.thresholds, decision.postprocess)
+    members = {m: to_original_size(torch.from_numpy(library.arrays[m][window][0].astype(np.float32) / 255), size)
+               .numpy()[None] for m in decision.order}
+    voted = vote(members, decision.order, decision.min_votes, library.task, library.num_outputs)[0]
+    return apply_plan(voted, library.task, decision.postprocess)
+
+
+def scored_batches(library: Library, decision: Decision, original: bool
+                   ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """(rows, predicted, target) in the meter's layout: chunks at the OOF resolution, or image by image at
+    each image's original size (what `predict --evaluate` scores)."""
+    if not original:
+        for rows in library.chunks():
+            yield rows, torch.from_numpy(decision_masks(library, decision, rows)), library.target(rows)
+        return
+    if library.full_labels is None:
+        raise ValueError("this library has no labels at the original size")
+    for row in range(library.size):
+        label = library.full_labels(row)
+        mask = original_size_mask(library, decision, row, label.shape[-2:])
+        if library.task == "binary":
+            mask, label = mask[None], label[None]
+        yield slice(row, row + 1), torch.from_numpy(np.asarray(mask)[None]), torch.from_numpy(np.asarray(label)[None])
+
+
+def decision_scores(library: Library, decision: Decision, original: bool = False) -> tuple[float, np.ndarray]:
+    """The decision's score and per-class scores on the library's images (at the OOF resolution, or at
+    each image's original size)."""
     meter = library.meter()
-    for rows in library.chunks():
-        meter.update_predictions(torch.from_numpy(decision_masks(library, decision, rows)), library.target(rows))
+    for _, predicted, target in scored_batches(library, decision, original):
+        meter.update_predictions(predicted, target)
     return meter.compute(), meter.per_class()
 
 
@@ -232,15 +268,22 @@ def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
 
 
 def vote_masks(library: Library, order: list[int], min_votes: int | None, rows: slice) -> np.ndarray:
-    """Hard vote of the members' own decisions. min_votes=None: majority, ties to the better-ranked model;
-    otherwise a pixel (multiclass: its majority class) needs at least min_votes agreeing models."""
+    members = {m: library.arrays[m][rows].astype(np.float32) / 255 for m in order}
+    return vote(members, order, min_votes, library.task, library.num_outputs)
+
+
+def vote(probabilities: dict[int, np.ndarray], order: list[int], min_votes: int | None, task: str,
+         num_outputs: int) -> np.ndarray:
+    """Hard vote of the members' own decisions (member -> N x C x H x W probabilities). min_votes=None:
+    majority, ties to the better-ranked model; otherwise a pixel (multiclass: its majority class) needs at
+    least min_votes agreeing models."""
     tie_break = {m: 1 + 2.0 ** -(rank + 1) * 1e-3 for rank, m in enumerate(order)}  # best rank wins ties
-    decisions = {m: decide(library.arrays[m][rows].astype(np.float32) / 255, library.task).numpy() for m in order}
-    if library.task == "multiclass":
-        votes = np.zeros((len(decisions[order[0]]), library.num_outputs, *decisions[order[0]].shape[1:]))
+    decisions = {m: to_masks(probabilities[m], task) for m in order}
+    if task == "multiclass":
+        votes = np.zeros((len(decisions[order[0]]), num_outputs, *decisions[order[0]].shape[1:]))
         plain = np.zeros_like(votes)
         for m in order:
-            one_hot = np.eye(library.num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
+            one_hot = np.eye(num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
             votes += tie_break[m] * one_hot
             plain += one_hot
         label = votes.argmax(axis=1)
@@ -252,7 +295,7 @@ def vote_masks(library: Library, order: list[int], min_votes: int | None, rows: 
     no = sum(tie_break[m] * ~said_yes[m] for m in order)
     count = sum(said_yes[m].astype(np.int32) for m in order)
     predicted = count >= min_votes if min_votes is not None else yes > no
-    return predicted.astype(np.uint8) if library.task == "binary" else predicted
+    return predicted.astype(np.uint8) if task == "binary" else predicted
 
 
 def vote_score(library: Library, order: list[int], min_votes: int | None) -> float:
@@ -319,7 +362,8 @@ class CrossValidated:
 
 def cross_validate(library: Library, strategy: Callable[[Library], Decision], per_image: bool = False
                    ) -> CrossValidated:
-    """Make the decision on all folds but one, apply it to the held-out fold; the pooled held-out score."""
+    """Make the decision on all folds but one (at the OOF resolution), apply it to the held-out fold; the
+    pooled held-out score, at each image's original size when the library has those labels."""
     folds = np.zeros(library.size, int) if library.folds is None else np.asarray(library.folds)
     meter, image_scores, decisions = library.meter(), np.full(library.size, np.nan), {}
     if len(np.unique(folds)) < 2:
@@ -328,8 +372,7 @@ def cross_validate(library: Library, strategy: Callable[[Library], Decision], pe
         held_rows = np.flatnonzero(folds == fold)
         decisions[fold] = strategy(library.subset(np.flatnonzero(folds != fold)))
         held = library.subset(held_rows)
-        for rows in held.chunks():
-            predicted, target = torch.from_numpy(decision_masks(held, decisions[fold], rows)), held.target(rows)
+        for rows, predicted, target in scored_batches(held, decisions[fold], library.full_labels is not None):
             meter.update_predictions(predicted, target)
             if per_image:
                 image_scores[held_rows[rows]] = [image_score(library, predicted[i:i + 1], target[i:i + 1])
@@ -389,9 +432,14 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, PromotePlan
     def labels(rows: slice) -> np.ndarray:
         return np.stack([np.asarray(cache[rows_to_index[r]].mask) for r in range(rows.start, rows.stop)])
 
+    def full_labels(row: int) -> np.ndarray:
+        index = rows_to_index[row]
+        return dataset.read_mask(index, *formats.image_size(dataset.records[index].image))[0]
+
     library = Library(names, [store.NpyRows(paths.oof(m)[0]) for m in names], labels, ids, spec.task,
                       spec.num_outputs, spec.effective_ignore_index,
-                      images=lambda row: np.asarray(cache[rows_to_index[row]].image), folds=folds)
+                      images=lambda row: np.asarray(cache[rows_to_index[row]].image), folds=folds,
+                      full_labels=full_labels)
     return library, plan
 
 
@@ -411,8 +459,9 @@ def choose(library: Library, max_size: int, bags: int, seed: int
 
 class EnsembleResult(BaseModel):
     """ensemble.json. Scores are cross-validated over the promote folds (each fold scored by decisions made
-    on the other folds) unless named `_in_sample`; `members`, `weights`, `thresholds` and `postprocess`
-    are the final decision, made on all OOF images, that `predict` applies."""
+    on the other folds) unless named `_in_sample`, and measured per image at its original size as
+    `predict --evaluate` measures them (decisions are made at eval_size); `members`, `weights`, `thresholds`
+    and `postprocess` are the final decision, made on all OOF images, that `predict` applies."""
 
     members: list[str]
     weights: list[float]
@@ -425,7 +474,7 @@ class EnsembleResult(BaseModel):
     uniform: float
     hard_vote: float
     vote_70: float
-    single_scores: dict[str, float]  # each model alone at threshold 0.5, no postprocessing, in sample
+    single_scores: dict[str, float]  # each model alone at threshold 0.5, no postprocessing, in sample, at eval_size
     fell_back_to_best_single: bool
     per_class: list[float | None]
     class_names: list[str] | None = None
@@ -456,7 +505,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
                  "hard_vote": cross_validate(library, lambda part: decide_vote(part, None)).score,
                  "vote_70": cross_validate(library, lambda part: decide_vote(part, 0.7)).score}
     final = selection.decision
-    in_sample, _ = decision_scores(library, final)
+    in_sample, _ = decision_scores(library, final, original=True)
     singles = single_scores(library)
     table = pd.DataFrame({"id": library.ids, "score": ensemble.per_image}).sort_values("score", kind="stable")
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
@@ -484,7 +533,8 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     if selection.fell_back:
         echo("the selected ensemble did not beat the best single model out of fold: using that model alone")
     echo(f"ensemble of {len(members)} models ({', '.join(f'{library.names[i]} x{weights[i]:.2f}' for i in members)}): "
-         f"OOF {plan.metric} {result.score:.4f} cross-validated over {result.folds} folds (each fold scored by "
+         f"OOF {plan.metric} {result.score:.4f} at the images' original size, cross-validated over {result.folds} "
+         f"folds (each fold scored by "
          f"weights, thresholds and postprocessing chosen on the others; {in_sample:.4f} in sample). Baselines, "
          f"tuned the same way: best single {result.best_single:.4f}, uniform {result.uniform:.4f}, hard vote "
          f"{result.hard_vote:.4f}, 70% vote {result.vote_70:.4f}")

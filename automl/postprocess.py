@@ -77,3 +77,18 @@ def apply_plan(mask: np.ndarray, task: str, plan: dict | None) -> np.ndarray:
 
 def candidate_classes(task: str, num_outputs: int) -> list[int]:
     return list(range(1, num_outputs)) if task == "multiclass" else list(range(num_outputs))
+
+
+def to_original_size(probabilities, size: tuple[int, int]):
+    """C x h x w probabilities (a torch tensor) -> C x H x W, bilinear: how predict brings every prediction
+    back to its image's size."""
+    import torch.nn.functional as F
+
+    if tuple(probabilities.shape[-2:]) == tuple(size):
+        return probabilities
+    return F.interpolate(probabilities[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def final_mask(probabilities: np.ndarray, task: str, thresholds=None, plan: dict | None = None) -> np.ndarray:
+    """One image's C x H x W probabilities -> its submitted mask: thresholds, then the postprocessing plan."""
+    return apply_plan(to_masks(probabilities[None], task, thresholds)[0], task, plan)

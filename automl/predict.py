@@ -23,7 +23,7 @@ from automl.data.dataset import SegmentationDataset
 from automl.ensemble import EnsembleResult
 from automl.errors import UserError, require_at_least
 from automl.metrics import METRIC_NAME, SegmentationMeter
-from automl.postprocess import apply_plan, to_masks
+from automl.postprocess import final_mask, to_original_size
 from automl.submit import FORMATS, create_writer
 
 TTA_MODES = ("none", "flip", "flip+scale")
@@ -117,12 +117,6 @@ def flip_note(flips: FlipPolicy) -> str:
     return "" if flips == FlipPolicy() else f"TTA follows the flip policy: {flips.describe()}"
 
 
-def to_original_size(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(probabilities.shape[-2:]) == tuple(size):
-        return probabilities
-    return F.interpolate(probabilities[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
 class Evaluation:
     """--evaluate: score the predictions against the labels of a dataset.yaml, per class."""
 
@@ -193,8 +187,7 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
         probabilities = predict_batch(members, originals, spec, device, tta, tuple(scales), decisions["eval_size"])
         for path, image, probs in zip(chunk, originals, probabilities):
             full = to_original_size(probs, image.shape[:2])
-            mask = to_masks(full.numpy()[None], spec.task, decisions["thresholds"])[0]
-            mask = apply_plan(mask, spec.task, decisions["postprocess"])
+            mask = final_mask(full.numpy(), spec.task, decisions["thresholds"], decisions["postprocess"])
             writer.add(path, formats.relative_id(spec, path), mask, full.numpy())
             if evaluation:
                 evaluation.add(path, mask)

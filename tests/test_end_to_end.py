@@ -18,7 +18,9 @@ from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
 from automl.ensemble import run_ensemble
 from automl.metrics import SegmentationMeter
-from automl.predict import run_predict
+from automl.data.formats import read_image
+from automl.postprocess import final_mask, to_original_size
+from automl.predict import Evaluation, run_predict
 from automl.promote import PromoteOptions, run_promote
 from automl.search import SearchOptions, run_search
 from automl.submit import rle_decode
@@ -39,7 +41,7 @@ def run_loop(dataset_yaml: Path, runs: Path, study: str, images: Path) -> dict:
     predicted = run_predict(runs, study, images, submission, tta="flip", evaluate=dataset_yaml, echo=lines.append)
     report = build_report(runs, study)
     return {"ensemble": ensemble, "predicted": predicted, "submission": submission, "report": report,
-            "lines": lines}
+            "lines": lines, "runs": runs, "study": study, "data": dataset_yaml}
 
 
 def rescore_submission(submission: Path, dataset: SegmentationDataset) -> tuple[float, int]:
@@ -69,9 +71,29 @@ def rescore_submission(submission: Path, dataset: SegmentationDataset) -> tuple[
     return meter.compute(), len(rows)
 
 
+def oof_scored_by_predict(runs: Path, study: str, dataset_yaml: Path) -> float:
+    """The final ensemble's OOF probabilities scored through predict --evaluate's code: brought to each
+    image's original size, thresholded, postprocessed, compared with the labels read at that size."""
+    ensemble = json.loads((runs / study / "ensemble.json").read_text())
+    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    evaluation = Evaluation(dataset_yaml)
+    arrays = {m: np.load(runs / study / "oof" / f"{m}.npy", mmap_mode="r") for m in ensemble["members"]}
+    ids = json.loads((runs / study / "oof" / f"{ensemble['members'][0]}.json").read_text())["ids"]
+    for row, image_id in enumerate(ids):
+        mean = sum(w * arrays[m][row].astype(np.float32) for m, w in zip(ensemble["members"], ensemble["weights"]))
+        mean = mean / (255.0 * sum(ensemble["weights"]))
+        record = dataset.records[dataset.index_of[image_id]]
+        full = to_original_size(torch.from_numpy(mean), read_image(record.image).shape[:2]).numpy()
+        evaluation.add(record.image, final_mask(full, dataset.spec.task, ensemble["thresholds"], ensemble["postprocess"]))
+    assert evaluation.matched == len(ids)
+    return evaluation.meter.compute()
+
+
 def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int,
                flips: str = "plain horizontal flips (from default)") -> None:
     ensemble = outcome["ensemble"]
+    runs, study = outcome["runs"], outcome["study"]
+    assert ensemble["score_in_sample"] == pytest.approx(oof_scored_by_predict(runs, study, outcome["data"]), abs=1e-6)
     assert ensemble["score"] >= ensemble["best_single"] and set(ensemble["members"]) <= set(ensemble["single_scores"])
     assert ensemble["postprocess"] is None or set(ensemble["postprocess"]) == {"largest_component", "fill_holes"}
     evaluation = outcome["predicted"]["evaluation"]
