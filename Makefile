@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/automl data demo $(DEMO)/data --task multiclass --n 32 --size 64
+	$(BIN)/automl data demo $(DEMO)/heldout --task multiclass --n 16 --size 64 --seed 1
 	$(BIN)/automl data inspect $(DEMO)/data/dataset.yaml
 	$(BIN)/automl data audit $(DEMO)/data/dataset.yaml
 	$(BIN)/automl debug --data $(DEMO)/data/dataset.yaml
@@ -28,8 +29,8 @@ demo: $(STAMP)
 		--trials 8 --max-epochs 8 --subsample 1.0 --set model.encoder=tu-test_resnet
 	$(BIN)/automl promote demo --runs-dir $(DEMO)/runs --top 2 --folds 3 --epochs 8
 	$(BIN)/automl ensemble demo --runs-dir $(DEMO)/runs
-	$(BIN)/automl predict demo --runs-dir $(DEMO)/runs --images $(DEMO)/data/images --out $(DEMO)/submission.csv \
-		--format rle_csv --tta flip --evaluate $(DEMO)/data/dataset.yaml
+	$(BIN)/automl predict demo --runs-dir $(DEMO)/runs --images $(DEMO)/heldout/images --out $(DEMO)/submission.csv \
+		--format rle_csv --tta flip --evaluate $(DEMO)/heldout/dataset.yaml
 	$(BIN)/automl report demo --runs-dir $(DEMO)/runs
 
 test: $(STAMP)

@@ -144,3 +144,21 @@ def test_the_whole_loop_on_real_binary_data(tmp_path, ray_session):
     dataset = SegmentationDataset.from_yaml(dataset_yaml)
     check_loop(outcome, dataset, 1)
     assert len(dataset) == 217 and outcome["ensemble"]["eval_size"] == [64, 64]
+
+
+def test_the_oof_estimate_predicts_the_score_on_held_out_images(tmp_path, ray_session):
+    """The number ensemble prints is what predict --evaluate then measures on images no model has seen
+    (new images of the same distribution), within a few points."""
+    dataset_yaml = write_demo(tmp_path / "data", "multiclass", n=32, size=64)
+    held_out_yaml = write_demo(tmp_path / "held_out", "multiclass", n=24, size=64, seed=1)
+    runs = tmp_path / "runs"
+    fast = {**FAST, "train.min_steps_per_epoch": 10}
+    run_search(SearchOptions(data=dataset_yaml, study="h", runs_dir=runs, trials=2, max_epochs=2, prune=False,
+                             subsample=1.0, wandb="off", fixed=fast), echo=lambda line: None)
+    run_promote(PromoteOptions(study="h", runs_dir=runs, top=2, folds=3, epochs=4), echo=lambda line: None)
+    ensemble = run_ensemble(runs, "h", echo=lambda line: None)
+    held_out = run_predict(runs, "h", tmp_path / "held_out" / "images", tmp_path / "s.csv", evaluate=held_out_yaml,
+                           echo=lambda line: None)["evaluation"]
+    print(f"OOF {ensemble['score']:.4f} (in sample {ensemble['score_in_sample']:.4f}), held out {held_out['score']:.4f}")
+    assert held_out["images"] == 24 and ensemble["score"] > 0.5
+    assert abs(ensemble["score"] - held_out["score"]) < 0.05
