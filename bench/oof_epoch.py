@@ -46,6 +46,7 @@ def load(name: str, work: Path) -> SegmentationDataset:
 
         return SegmentationDataset.from_yaml(write_demo(work / "demo", task="multiclass", n=48, size=64))
     source = REALDATA / name
+    work.mkdir(parents=True, exist_ok=True)
     path = work / f"{name}.yaml"
     path.write_text((source / "dataset.yaml").read_text() + f"\nroot: {source}\ncache_dir: {work / 'cache'}\n")
     return SegmentationDataset.from_yaml(path)
