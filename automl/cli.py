@@ -126,7 +126,10 @@ def search_command(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite in the study folder)."),
     seed: int = typer.Option(0, help="Seed of the sampler and the data split."),
     wandb: str = typer.Option("offline", help="offline | online | off: one wandb run per trial."),
-    resume: bool = typer.Option(False, help="Continue the study: finished trials are kept."),
+    resume: bool = typer.Option(False, help="Only join a study that exists (a study that exists is always joined: "
+                                            "its trials are kept and count toward --trials)."),
+    heartbeat: int = typer.Option(10, help="A new study's heartbeat, seconds: a driver silent for 3 heartbeats "
+                                           "is dead, and its running trials are retried once."),
     set_: list[str] = typer.Option([], "--set", help="Pin a TrialConfig key: --set model.encoder=resnet50."),
     sampler: str = typer.Option("tpe", help="tpe (seeded, multivariate) or random."),
     prune: bool = typer.Option(True, help="--no-prune runs every trial to --max-epochs (no ASHA)."),
@@ -140,7 +143,8 @@ def search_command(
                             max_epochs=max_epochs, subsample=subsample, max_concurrent=max_concurrent,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, time_budget=time_budget,
                             address=address, storage=storage, seed=seed, wandb=wandb, resume=resume,
-                            fixed=parse_assignments(set_), verbose=verbose, sampler=sampler, prune=prune)
+                            fixed=parse_assignments(set_), verbose=verbose, sampler=sampler, prune=prune,
+                            heartbeat=heartbeat)
     outcome = run_search(options, echo=console.print, console=console)
     leaderboard(runs_dir, outcome["study"], console)
     console.print(f"review it: {' '.join(dashboard_command(runs_dir, outcome['study']))}   "

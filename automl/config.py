@@ -382,3 +382,4 @@ class StudySettings(BaseModel):
     wandb: str = "offline"
     created: str = ""
     decisions: dict[str, Any] = {}  # what the data decided (automl.plan): input channels, flips
+    heartbeat: int = 10  # seconds between heartbeats of a running trial; every driver of the study uses it

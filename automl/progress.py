@@ -44,7 +44,7 @@ class SearchProgress(Callback):
             self.progress.stop()
 
     def _line(self, trial, state: str, detail: str = "") -> None:
-        from automl.search import TRIAL_NUMBER
+        from automl.search_trial import TRIAL_NUMBER
 
         result = trial.last_result or {}
         number = trial.config.get(TRIAL_NUMBER, "?")
@@ -59,12 +59,12 @@ class SearchProgress(Callback):
             self.progress.advance(self.task)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        from automl.search import final_state
+        from automl.search_trial import final_state
 
         self._line(trial, final_state(trial.last_result, False, self.max_epochs))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        from automl.search import TRIAL_NUMBER
+        from automl.search_trial import TRIAL_NUMBER
 
         error_file = self.study_dir / "trials" / f"{trial.config.get(TRIAL_NUMBER, -1):04d}" / "error.txt"
         detail = f"  {error_file.read_text().strip()}" if error_file.exists() else ""

@@ -167,7 +167,8 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
     import optuna
     from ray import tune
 
-    from automl.search import SearchOptions, open_storage, start_ray
+    from automl.search import SearchOptions, start_ray
+    from automl.study_storage import open_storage
 
     check_promote_options(options)
     run = store.RunDir(options.runs_dir, options.study)

@@ -17,7 +17,7 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4
 def load_study(runs_dir: str | Path, study: str):
     import optuna
 
-    from automl.search import open_storage
+    from automl.study_storage import open_storage
 
     settings = store.RunDir(runs_dir, study).settings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,7 +72,7 @@ def serve_dashboard(runs_dir: str | Path, study: str, port: int = 8080, echo=pri
     """optuna-dashboard on 127.0.0.1 only: the study is not published to the network."""
     from optuna_dashboard import run_server
 
-    from automl.search import open_storage
+    from automl.study_storage import open_storage
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in 1..65535, got {port}", key="--port")

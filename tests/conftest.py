@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -87,3 +89,19 @@ def write_mirrored_dataset(folder: Path, n: int = 24, size: int = 64, seed: int 
         write_image(folder / "masks" / f"cxr{i:03d}.png", mask)
     return write_yaml(folder, name="mirrored", task="multiclass", classes=MIRRORED_CLASSES,
                       images="images/*.png", labels={"format": "mask_png", "path": "masks"})
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server for the session: its SQLAlchemy URL."""
+    from tests.postgres import PostgresServer, server_bindir
+
+    bindir = server_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb): `apt install postgresql` to run this test")
+    folder = Path("/tmp") / f"automl-pg-{os.getpid()}"  # short: the Unix socket path has a length limit
+    server = PostgresServer(folder, bindir)
+    url = server.start()
+    yield url
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)

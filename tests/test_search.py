@@ -14,7 +14,8 @@ from automl.config import parse_trial_config
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
 from automl.errors import UserError
-from automl.search import SearchOptions, make_sampler, run_search, truthful_optuna_search
+from automl.search import SearchOptions, make_sampler, run_search
+from automl.searcher import StudySearcher
 from automl.space import load_space
 from automl.store import RunDir
 from automl.data.cache import prebuild
@@ -86,17 +87,20 @@ def test_status_prints_the_leaderboard(searched, run_cli):
     assert "PRUNED" in out and f"best: trial {study.best_trial.number} mIoU {study.best_value:.4f}" in out
 
 
-def test_an_existing_study_is_not_overwritten(searched):
-    _, options, study = searched
-    with pytest.raises(UserError, match="pass --resume"):
-        run_search(options, echo=lambda line: None)
-    assert len(study.trials) == 8
+def test_searching_an_existing_study_again_joins_it_and_keeps_every_trial(searched):
+    root, options, study = searched
+    before = [(t.number, t.state.name, t.value) for t in study.trials]
+    lines: list[str] = []
+    assert run_search(options, echo=lines.append)["ran"] == 0  # the study already has its 8 trials
+    assert [(t.number, t.state.name, t.value) for t in load(root, "demo").trials] == before
+    assert any("joining study 'demo'" in line for line in lines)
 
 
 def first_configs(seed: int, n: int = 4) -> list[dict]:
     space = load_space("hybrid_loss", median_side=64)
-    searcher = truthful_optuna_search(MAX_EPOCHS, Path("unused"), space=space.distributions(), metric="score",
-                                      mode="max", sampler=make_sampler("tpe", seed, trials=8), study_name="s")
+    study = optuna.create_study(sampler=make_sampler("tpe", seed, trials=8), direction="maximize")
+    searcher = StudySearcher(study, None, space.distributions(), target=8, max_epochs=MAX_EPOCHS,
+                             study_dir=Path("unused"), heartbeat=None)
     return [searcher.suggest(f"trial{i}") for i in range(n)]
 
 

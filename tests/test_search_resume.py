@@ -1,4 +1,5 @@
-"""Kill a search driver with SIGKILL mid-way, resume it: finished trials are kept, the count reaches --trials."""
+"""Kill a search driver with SIGKILL mid-way, start it again: finished trials are kept, the trials the kill
+cut short are found by their missing heartbeat and retried once, and the count reaches --trials."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import optuna
 
 from automl.data.demo import write_demo
+from automl.study_storage import finished_trials, retried_numbers
 
 TRIALS = 6
 
@@ -20,14 +22,13 @@ def finished(storage: str) -> dict[int, tuple[str, float | None]]:
         study = optuna.load_study(study_name="r", storage=storage)
     except Exception:
         return {}
-    return {t.number: (t.state.name, t.value) for t in study.trials
-            if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("interrupted")}
+    return {t.number: (t.state.name, t.value) for t in finished_trials(study)}
 
 
 def search(dataset_yaml, runs, *extra) -> list[str]:
     return [sys.executable, "-m", "automl.cli", "search", "--space", "hybrid_loss", "--data", str(dataset_yaml),
             "--study", "r", "--runs-dir", str(runs), "--trials", str(TRIALS), "--max-epochs", "3", "--wandb", "off",
-            "--set", "model.encoder=tu-test_resnet", "--set", "train.min_steps_per_epoch=2", *extra]
+            "--heartbeat", "1", "--set", "model.encoder=tu-test_resnet", "--set", "train.min_steps_per_epoch=2", *extra]
 
 
 def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_path):
@@ -45,13 +46,17 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
     before = finished(storage)
     assert 2 <= len(before) < TRIALS, before
 
-    result = subprocess.run(search(dataset_yaml, runs, "--resume"), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(search(dataset_yaml, runs), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     after = finished(storage)
     assert len(after) == TRIALS
     assert all(after[number] == state for number, state in before.items())  # nothing earlier was lost
     study = optuna.load_study(study_name="r", storage=storage)
-    interrupted = [t.number for t in study.trials if t.user_attrs.get("interrupted")]
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    assert set(interrupted) <= retried  # a trial the kill cut short ran again with the same parameters
-    assert "finished" in result.stdout
+    cut_short = {t.number for t in study.trials if t.state.name == "FAIL"}
+    assert cut_short and cut_short == retried_numbers(study.trials)  # each ran again, once
+    by_number = {t.number: t for t in study.trials}
+    for trial in study.trials:
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+        if history:
+            assert len(history) == 1 and trial.params == by_number[history[0]].params
+    assert "joining study 'r'" in result.stdout and "finished" in result.stdout

@@ -1,0 +1,101 @@
+"""The Optuna storage of a study and how its trials count against `--trials`, shared by every driver.
+
+Several drivers (processes, machines) may add trials to one study. The storage is the only thing they share,
+so the budget is counted there: a trial counts unless it is a FAIL that was retried (a driver died under
+it), a surplus trial (two drivers asked for the last slot at once), or a trial the pre-heartbeat recovery
+marked `interrupted`. A driver that dies stops sending heartbeats; after the grace period any living driver
+marks its trials FAIL and queues each once more with the same parameters (Optuna's heartbeat protocol).
+Imports neither Ray nor torch: `status`, `report` and `dashboard` open storages through here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from automl.errors import UserError
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+HEARTBEAT_S = 10  # seconds between heartbeats of a running trial
+GRACE_PERIODS = 3  # heartbeats missed before a trial counts as abandoned
+SURPLUS = "surplus"  # user attr of a trial asked for beyond the budget, never run
+
+
+def open_storage(url: str, heartbeat: int | None = None):
+    """An RDB storage (SQLite or PostgreSQL). With `heartbeat` seconds, running trials must send heartbeats
+    and abandoned ones are failed and retried once, keeping their parameters."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    options = {}
+    if heartbeat:
+        options = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_PERIODS * int(heartbeat),
+                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    try:
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
+    except Exception as e:
+        raise UserError(f"cannot open the Optuna storage: {' '.join(str(e).split())[:300]}", key="--storage",
+                        fix="check the URL, e.g. sqlite:///runs/study/optuna.db or "
+                            "postgresql+psycopg://user:password@host:5432/db") from None
+
+
+def retried_numbers(trials) -> set[int]:
+    """Numbers of trials that failed under a dead driver and were queued again."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return {number for t in trials for number in (RetryHeartbeatStaleTrialCallback.retry_history(t) or [])}
+
+
+def counts_toward_budget(trial, retried: set[int]) -> bool:
+    if trial.user_attrs.get(SURPLUS) or trial.user_attrs.get("interrupted"):
+        return False
+    return not (trial.state.name == "FAIL" and trial.number in retried)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Trials of the study that count, by state."""
+
+    finished: int
+    running: int
+    waiting: int
+
+    @property
+    def claimed(self) -> int:
+        return self.finished + self.running + self.waiting
+
+
+def budget(trials) -> Budget:
+    retried = retried_numbers(trials)
+    counted = [t for t in trials if counts_toward_budget(t, retried)]
+    return Budget(finished=sum(t.state.name in FINISHED for t in counted),
+                  running=sum(t.state.name == "RUNNING" for t in counted),
+                  waiting=sum(t.state.name == "WAITING" for t in counted))
+
+
+def finished_trials(study) -> list:
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.state.name in FINISHED and counts_toward_budget(t, retried)]
+
+
+def is_surplus(trials, number: int, target: int) -> bool:
+    """Whether trial `number` is beyond the budget: `target` counted trials have smaller numbers. Two
+    drivers racing for the last slot agree on which of them got it."""
+    retried = retried_numbers(trials)
+    return sum(t.number < number and counts_toward_budget(t, retried) for t in trials) >= target
+
+
+class Throttle:
+    """True at most once per `seconds` (storage queries from a loop that Ray calls often)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
