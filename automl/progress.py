@@ -8,16 +8,7 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
-def short(key: str) -> str:
-    """loss.terms.dice -> dice, optim.lr -> lr: the last part is what a person reads."""
-    return key.split(".")[-1]
-
-
-def format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+from automl.display import format_value, short
 
 
 class SearchProgress(Callback):

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from automl import store
 from automl.errors import UserError
-from automl.progress import format_value, short
+from automl.display import format_value, short
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 

@@ -216,3 +216,23 @@ def test_folds_score_their_oof_with_the_final_epoch_not_the_best_one_on_those_im
         assert fold.score == pytest.approx(history["score"].iloc[-1], abs=1e-9)
         assert fold.best_score == pytest.approx(history["score"].max(), abs=1e-9)
         assert (done_file.parent / "final.pt").exists() and not (done_file.parent / "best.pt").exists()
+
+
+def test_status_report_and_dashboard_read_files_without_importing_ray_or_torch(promoted):
+    """The light driver: a leaderboard or a report on a laptop needs neither Ray nor torch."""
+    code = f"""
+import sys, time
+start = time.perf_counter()
+from automl.cli import main
+assert main(["status", "p", "--runs-dir", {str(promoted["runs"])!r}]) == 0
+status_seconds = time.perf_counter() - start
+assert main(["report", "p", "--runs-dir", {str(promoted["runs"])!r}]) == 0
+from automl.status import load_study
+load_study({str(promoted["runs"])!r}, "p")  # what the dashboard serves
+import optuna_dashboard
+heavy = sorted(name for name in ("ray", "torch") if name in sys.modules)
+print("HEAVY", heavy, "STATUS_SECONDS", round(status_seconds, 2))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HEAVY [] STATUS_SECONDS" in result.stdout, result.stdout[-2000:]
