@@ -1,0 +1,54 @@
+"""What the drivers rely on below Optuna's public API (automl/optuna_adapter.py) and how the study-wide
+budget counts trials (automl/study_storage.py): pinned here, so an Optuna upgrade that changes them fails
+a fast test instead of a multi-day study."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+
+from automl.optuna_adapter import record_heartbeat, trial_id
+from automl.study_storage import budget, is_surplus, open_storage
+
+X = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+
+@pytest.fixture
+def study(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
+    return optuna.create_study(study_name="s", storage=storage, direction="maximize"), storage
+
+
+def test_the_trial_id_is_the_storage_key_of_the_trial(study):
+    study, storage = study
+    trial = study.ask(X)
+    assert storage.get_trial(trial_id(trial)).number == trial.number
+
+
+def test_heartbeats_keep_a_trial_alive_and_silence_retries_it_once_with_its_parameters(study):
+    study, storage = study
+    trial = study.ask(X)
+    for _ in range(4):  # 4 s of beats: longer than the 3 s grace period, still alive
+        record_heartbeat(storage, trial)
+        time.sleep(1)
+        optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+    time.sleep(3.5)  # silence: the driver died
+    optuna.storages.fail_stale_trials(study)
+    failed, retry = study.trials
+    assert failed.state.name == "FAIL" and retry.state.name == "WAITING" and retry.params == failed.params
+    assert budget(study.trials) == budget([retry])  # the retried FAIL does not count
+    again = study.ask(X)  # the next ask runs the retry
+    assert again.number == retry.number and again.params == failed.params
+
+
+def test_two_drivers_racing_for_the_last_slot_agree_who_got_it(study):
+    study, _ = study
+    for _ in range(2):
+        study.tell(study.ask(X), 0.5)
+    first, second = study.ask(X), study.ask(X)  # both asked when one slot of 3 was left
+    assert not is_surplus(study.trials, first.number, target=3)
+    assert is_surplus(study.trials, second.number, target=3)
