@@ -54,6 +54,7 @@ class FoldContext:
 # ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
 
 def run_fold(config: dict[str, Any], context: FoldContext) -> None:
+    import ray
     import torch
     from ray import tune
 
@@ -85,7 +86,8 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     store.save_npy(out / "oof.npy", to_uint8(probabilities))
     done = FoldResult(model=model, fold=fold, ids=val_ids, score=result.final_score,
                       checkpoint=result.checkpoint.name, best_epoch=result.best_epoch,
-                      best_score=result.best_score, epochs=result.epochs_run)
+                      best_score=result.best_score, epochs=result.epochs_run,
+                      node_id=ray.get_runtime_context().get_node_id())
     store.write_json(out / "done.json", done.model_dump(mode="json"))
 
 

@@ -49,6 +49,7 @@ class FoldResult(BaseModel):
     best_epoch: int
     best_score: float | None = None
     epochs: int
+    node_id: str | None = None  # the Ray node that trained it
 
 
 def load_record(cls: type[Record], path: Path, fix: str) -> Record:
