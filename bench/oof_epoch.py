@@ -108,6 +108,8 @@ def run(name: str, epochs: int, seed: int, work: Path) -> dict:
         inner = curves(config, dataset, shuffled[cut:], shuffled[:cut], {"val": val_rows, "test": test})
         pick = int(np.argmax(inner["select"]))
         rows["inner"].append((inner["val"][pick], inner["test"][pick], pick + 1))
+        print(json.dumps({"dataset": name, "seed": seed, "fold": fold,
+                          **{protocol: values[-1] for protocol, values in rows.items()}}), flush=True)
     result = {"dataset": name, "seed": seed, "epochs": epochs, "images": len(dataset), "test_images": len(test),
               "seconds": time.perf_counter() - start}
     for protocol, values in rows.items():
