@@ -223,12 +223,12 @@ def single_scores(library: Library) -> np.ndarray:
 
 
 def greedy_selection(library: Library, max_size: int, pool: list[int] | None = None,
-                     singles: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Counts per model: start from the best single model, add (with replacement) the member that most
-    improves the OOF score, stop when nothing improves or the ensemble has max_size members."""
+                     singles: np.ndarray | None = None, first: int | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Counts per model: start from `first` (default: the best single model at 0.5), add (with replacement)
+    the member that most improves the OOF score, stop when nothing improves or at max_size members."""
     pool = list(range(len(library.names))) if pool is None else pool
     singles = single_scores(library) if singles is None else singles
-    first = max(pool, key=lambda m: singles[m])
+    first = max(pool, key=lambda m: singles[m]) if first is None else first
     counts = np.zeros(len(library.names))
     counts[first] = 1
     best = singles[first]
@@ -309,12 +309,21 @@ def tuned(library: Library, weights: np.ndarray) -> Decision:
     return with_postprocessing(library, Decision(weights, tune_thresholds(library, weights)))
 
 
+def tuned_singles(library: Library) -> list[tuple[float, Decision]]:
+    """Each model alone with its own tuned thresholds and postprocessing, and its score on these images."""
+    decisions = [tuned(library, np.eye(len(library.names))[m]) for m in range(len(library.names))]
+    return [(decision_scores(library, decision)[0], decision) for decision in decisions]
+
+
 def rank(library: Library) -> list[int]:
-    return [int(m) for m in np.argsort(-single_scores(library), kind="stable")]
+    """Models best first, each judged with its own tuned thresholds and postprocessing (a model whose
+    probabilities are well ranked but badly calibrated is not judged at 0.5)."""
+    scores = [score for score, _ in tuned_singles(library)]
+    return [int(m) for m in np.argsort(-np.asarray(scores), kind="stable")]
 
 
 def decide_best_single(library: Library) -> Decision:
-    return tuned(library, np.eye(len(library.names))[rank(library)[0]])
+    return max(tuned_singles(library), key=lambda pair: pair[0])[1]
 
 
 def decide_uniform(library: Library) -> Decision:
@@ -336,12 +345,12 @@ class Selection:
 
 def decide_ensemble(library: Library, max_size: int, bags: int, seed: int) -> Selection:
     singles = single_scores(library)
-    order = [int(m) for m in np.argsort(-singles, kind="stable")]
+    order = rank(library)  # greedy starts from the best model as tuned, not as scored at 0.5
     counts, history = np.zeros(len(library.names)), []
     rng = np.random.default_rng(seed)
     for bag in range(bags):
         pool = order if bags == 1 else sorted(rng.choice(order, max(1, len(order) // 2), replace=False).tolist())
-        bag_counts, bag_history = greedy_selection(library, max_size, pool, singles)
+        bag_counts, bag_history = greedy_selection(library, max_size, pool, singles, first=min(pool, key=order.index))
         counts += bag_counts / bag_counts.sum()
         history += [{"bag": bag, **step} for step in bag_history] if bags > 1 else bag_history
     decision = tuned(library, counts / counts.sum())
@@ -360,8 +369,8 @@ class CrossValidated:
     decisions: dict[int, Decision]  # fold -> the decision made on the other folds
 
 
-def cross_validate(library: Library, strategy: Callable[[Library], Decision], per_image: bool = False
-                   ) -> CrossValidated:
+def cross_validate(library: Library, strategy: Callable[[Library], Decision], per_image: bool = False,
+                   original: bool | None = None) -> CrossValidated:
     """Make the decision on all folds but one (at the OOF resolution), apply it to the held-out fold; the
     pooled held-out score, at each image's original size when the library has those labels."""
     folds = np.zeros(library.size, int) if library.folds is None else np.asarray(library.folds)
@@ -372,7 +381,8 @@ def cross_validate(library: Library, strategy: Callable[[Library], Decision], pe
         held_rows = np.flatnonzero(folds == fold)
         decisions[fold] = strategy(library.subset(np.flatnonzero(folds != fold)))
         held = library.subset(held_rows)
-        for rows, predicted, target in scored_batches(held, decisions[fold], library.full_labels is not None):
+        at_original = library.full_labels is not None if original is None else original
+        for rows, predicted, target in scored_batches(held, decisions[fold], at_original):
             meter.update_predictions(predicted, target)
             if per_image:
                 image_scores[held_rows[rows]] = [image_score(library, predicted[i:i + 1], target[i:i + 1])
@@ -443,18 +453,34 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, PromotePlan
     return library, plan
 
 
+def decide_selection(library: Library, max_size: int, bags: int, seed: int) -> Selection:
+    """The greedy ensemble, unless the best single model scores better when both are cross-validated over
+    this library's own folds (at the OOF resolution): a selection that fits noise, or bags that left the
+    best model out, fall back to it. A strategy like any other, so it is itself cross-validated."""
+    selection = decide_ensemble(library, max_size, bags, seed)
+    folds = np.unique(library.folds) if library.folds is not None else []
+    if len(folds) >= 2:
+        ensemble = cross_validate(library, lambda part: decide_ensemble(part, max_size, bags, seed).decision,
+                                  original=False).score
+        single = cross_validate(library, decide_best_single, original=False).score
+    else:  # one fold left: compare on these images
+        ensemble = decision_scores(library, selection.decision)[0]
+        single = decision_scores(library, decide_best_single(library))[0]
+    if single > ensemble:
+        return Selection(decide_best_single(library), [], fell_back=True)
+    return selection
+
+
 def choose(library: Library, max_size: int, bags: int, seed: int
            ) -> tuple[Selection, CrossValidated, CrossValidated]:
-    """The final selection (made on all OOF images) with the cross-validated scores of the ensemble strategy
-    and of the best single model. When the ensemble does not beat the best single model out of fold (bags
-    that left it out, a selection that fits noise), the best single model is the selection."""
-    ensemble = cross_validate(library, lambda part: decide_ensemble(part, max_size, bags, seed).decision,
+    """The final selection (made on all OOF images), the cross-validated score of the selection strategy
+    (nested: each outer fold's selection compares ensemble and best single on the other folds only) and
+    the cross-validated score of the best single model. The reported score is never the larger of two
+    held-out scores, so it can fall a little below best_single by chance."""
+    strategy = cross_validate(library, lambda part: decide_selection(part, max_size, bags, seed).decision,
                               per_image=True)
-    best_single = cross_validate(library, decide_best_single, per_image=True)
-    selection = decide_ensemble(library, max_size, bags, seed)
-    if best_single.score > ensemble.score:
-        return Selection(decide_best_single(library), selection.history, fell_back=True), best_single, best_single
-    return selection, ensemble, best_single
+    best_single = cross_validate(library, decide_best_single)
+    return decide_selection(library, max_size, bags, seed), strategy, best_single
 
 
 class EnsembleResult(BaseModel):

@@ -7,8 +7,8 @@ each run on the same folds through `trainables.train.training_epochs` (the loop 
 - best: the epoch with the best score on the fold's validation images, scored on those same images
   (what promote did before: the epoch is selected on the images it is then scored on);
 - final: the last epoch, scored on the fold's validation images (nnU-Net's choice);
-- inner: the epoch with the best score on an inner split (15 %) of the fold's training images, the model
-  trained on the other 85 %, scored on the fold's validation images.
+- inner: the epoch with the best score on an inner group split (15 %) of the fold's training images, the
+  model trained on the other 85 %, scored on the fold's validation images.
 For each: the OOF estimate (mean over folds of the validation score), the score of the same checkpoints on
 a fixed held-out test split (20 %, group-aware, seeded) and the gap estimate - test. Scores are at the
 training resolution (the same for every protocol). Unet/resnet18 (demo: a tiny timm encoder), CE + Dice,
@@ -103,9 +103,10 @@ def run(name: str, epochs: int, seed: int, work: Path) -> dict:
         best = int(np.argmax(one["select"]))
         rows["best"].append((one["select"][best], one["test"][best], best + 1))
         rows["final"].append((one["select"][-1], one["test"][-1], epochs))
-        shuffled = np.random.default_rng(seed + fold).permutation(train_rows).tolist()
-        cut = max(1, int(INNER * len(shuffled)))
-        inner = curves(config, dataset, shuffled[cut:], shuffled[:cut], {"val": val_rows, "test": test})
+        is_inner = holdout([dataset.groups[r] for r in train_rows], labels[train_rows], INNER, seed + fold)
+        inner_train = [r for r, inside in zip(train_rows, is_inner) if not inside]
+        inner_val = [r for r, inside in zip(train_rows, is_inner) if inside]
+        inner = curves(config, dataset, inner_train, inner_val, {"val": val_rows, "test": test})
         pick = int(np.argmax(inner["select"]))
         rows["inner"].append((inner["val"][pick], inner["test"][pick], pick + 1))
         print(json.dumps({"dataset": name, "seed": seed, "fold": fold,

@@ -149,8 +149,8 @@ def test_the_whole_loop_on_real_binary_data(tmp_path, ray_session):
 def test_the_oof_estimate_predicts_the_score_on_held_out_images(tmp_path, ray_session):
     """The number ensemble prints is what predict --evaluate then measures on images no model has seen
     (new images of the same distribution), within a few points."""
-    dataset_yaml = write_demo(tmp_path / "data", "multiclass", n=32, size=64)
-    held_out_yaml = write_demo(tmp_path / "held_out", "multiclass", n=24, size=64, seed=1)
+    dataset_yaml = write_demo(tmp_path / "data", "multiclass", n=32, size=80)  # trained at 64, scored at 80
+    held_out_yaml = write_demo(tmp_path / "held_out", "multiclass", n=24, size=80, seed=1)
     runs = tmp_path / "runs"
     fast = {**FAST, "train.min_steps_per_epoch": 10}
     run_search(SearchOptions(data=dataset_yaml, study="h", runs_dir=runs, trials=2, max_epochs=2, prune=False,

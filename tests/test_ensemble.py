@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from automl.ensemble import (Library, choose, cross_validate, decide_best_single, decision_scores, greedy_selection,
-                             score_weights, single_scores, tune_thresholds, vote_score)
+                             rank, score_weights, single_scores, tune_thresholds, vote_score)
 from automl.store import NpyRows
 
 N, H, W = 30, 8, 8
@@ -136,4 +136,18 @@ def test_bagging_never_scores_below_the_best_single_model(labels, seed):
     library = with_folds(binary_library([bad, good], labels))
     selection, ensemble, best_single = choose(library, max_size=5, bags=3, seed=seed)
     assert ensemble.score >= best_single.score == pytest.approx(1.0)
+    assert decision_scores(library, selection.decision)[0] == pytest.approx(1.0)
+
+
+def test_the_best_single_model_is_the_best_once_tuned_not_at_half(labels):
+    # "shy" finds nothing at 0.5 but everything at a tuned threshold; "noisy" is calibrated but wrong on a
+    # fifth of the pixels. Ranked at 0.5, noisy would be the best single model and an ensemble that tunes
+    # the shy one in would look like an ensemble gain.
+    shy = np.where(labels == 1, 0.30, 0.10)
+    noisy = np.where(np.random.default_rng(0).random(labels.shape) < 0.2, 1 - labels, labels) * 0.8 + 0.1
+    library = with_folds(binary_library([noisy, shy], labels))
+    assert single_scores(library)[1] == 0.0 and rank(library)[0] == 1
+    selection, strategy, best_single = choose(library, max_size=5, bags=1, seed=0)
+    assert best_single.score == pytest.approx(1.0)
+    assert strategy.score == pytest.approx(1.0)  # nothing to gain over shy alone, and nothing claimed
     assert decision_scores(library, selection.decision)[0] == pytest.approx(1.0)
