@@ -526,6 +526,13 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     require_at_least("--bags", bags, 1)
     library, plan = load_library(runs_dir, study)
     run = store.RunDir(runs_dir, study)
+    paths = PromotedPaths(run.root)
+    best_epoch = sorted({m for m in library.names for k in range(plan.folds)
+                         if paths.fold_result(m, k).checkpoint != "final.pt"})
+    if best_epoch:
+        echo(f"note: the OOF of {', '.join(best_epoch)} comes from folds that kept the epoch scoring best on those "
+             f"same images (promoted by an older version): its score is optimistic; remove promoted/<model> and "
+             f"oof/<model>.* and rerun `automl promote` to retrain with final checkpoints")
     selection, ensemble, best_single = choose(library, max_size, bags, seed)
     baselines = {"uniform": cross_validate(library, decide_uniform).score,
                  "hard_vote": cross_validate(library, lambda part: decide_vote(part, None)).score,
