@@ -146,8 +146,10 @@ def original_size_mask(library: Library, decision: Decision, row: int, size: tup
     if decision.order is None:
         full = to_original_size(torch.from_numpy(library.mean(decision.weights, window)[0]), size).numpy()
         return final_mask(full, library.task, decision.thresholds, decision.postprocess)
-    members = {m: to_original_size(torch.from_numpy(library.arrays[m][window][0].astype(np.float32) / 255), size)
-               .numpy()[None] for m in decision.order}
+    members = {}  # each member decided right after upsampling: one full-size probability map at a time
+    for m in decision.order:
+        full = to_original_size(torch.from_numpy(library.arrays[m][window][0].astype(np.float32) / 255), size)
+        members[m] = to_masks(full.numpy()[None], library.task)
     voted = vote(members, decision.order, decision.min_votes, library.task, library.num_outputs)[0]
     return apply_plan(voted, library.task, decision.postprocess)
 
@@ -268,24 +270,23 @@ def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
 
 
 def vote_masks(library: Library, order: list[int], min_votes: int | None, rows: slice) -> np.ndarray:
-    members = {m: library.arrays[m][rows].astype(np.float32) / 255 for m in order}
+    members = {m: to_masks(library.arrays[m][rows].astype(np.float32) / 255, library.task) for m in order}
     return vote(members, order, min_votes, library.task, library.num_outputs)
 
 
-def vote(probabilities: dict[int, np.ndarray], order: list[int], min_votes: int | None, task: str,
+def vote(decisions: dict[int, np.ndarray], order: list[int], min_votes: int | None, task: str,
          num_outputs: int) -> np.ndarray:
-    """Hard vote of the members' own decisions (member -> N x C x H x W probabilities). min_votes=None:
+    """Hard vote of the members' own decisions (member -> its masks, as to_masks makes them). min_votes=None:
     majority, ties to the better-ranked model; otherwise a pixel (multiclass: its majority class) needs at
     least min_votes agreeing models."""
     tie_break = {m: 1 + 2.0 ** -(rank + 1) * 1e-3 for rank, m in enumerate(order)}  # best rank wins ties
-    decisions = {m: to_masks(probabilities[m], task) for m in order}
     if task == "multiclass":
-        votes = np.zeros((len(decisions[order[0]]), num_outputs, *decisions[order[0]].shape[1:]))
-        plain = np.zeros_like(votes)
+        votes = np.zeros((len(decisions[order[0]]), num_outputs, *decisions[order[0]].shape[1:]))  # float64: ranks
+        plain = np.zeros(votes.shape, np.int16)
         for m in order:
             one_hot = np.eye(num_outputs, dtype=np.float32)[decisions[m]].transpose(0, 3, 1, 2)
             votes += tie_break[m] * one_hot
-            plain += one_hot
+            plain += one_hot.astype(np.int16)
         label = votes.argmax(axis=1)
         if min_votes is not None:
             label = np.where(np.take_along_axis(plain, label[:, None], 1)[:, 0] >= min_votes, label, 0)
