@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -118,20 +119,27 @@ def prepare(options: SearchOptions, echo: Callable[[str], None] = print
     if options.resume and not run.exists():
         raise UserError(f"no study '{study}' to resume in {run.root.parent}", key="--resume",
                         fix="drop --resume to start it")
+    created_runs_dir = not run.root.parent.exists()
     if claim_new_study(run):
-        stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
-        plan = plan_data(dataset, stats)
-        for note in plan.notes():
-            echo(note)
-        space = load_space(options.space, median_side(stats), options.fixed, defaults=plan.defaults())
-        fidelity = space.fidelity.model_copy(update={k: v for k, v in {
-            "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
-        space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,
-                                                                          fidelity.max_epochs)})
-        settings = resolve_settings(options, run, space, spec.task, plan)
-        split = make_search_split(dataset, stats, space.fidelity.subsample, options.val_fraction, options.seed)
-        store.write_json(run.search_split, split)
-        store.write_yaml(run.settings_file, settings.model_dump())  # last: its presence means "ready"
+        try:
+            stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
+            plan = plan_data(dataset, stats)
+            for note in plan.notes():
+                echo(note)
+            space = load_space(options.space, median_side(stats), options.fixed, defaults=plan.defaults())
+            fidelity = space.fidelity.model_copy(update={k: v for k, v in {
+                "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
+            space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,
+                                                                              fidelity.max_epochs)})
+            settings = resolve_settings(options, run, space, spec.task, plan)
+            split = make_search_split(dataset, stats, space.fidelity.subsample, options.val_fraction, options.seed)
+            store.write_json(run.search_split, split)
+            store.write_yaml(run.settings_file, settings.model_dump())  # last: its presence means "ready"
+        except BaseException:  # a refused space or dataset leaves nothing behind for a later driver to join
+            shutil.rmtree(run.root, ignore_errors=True)
+            if created_runs_dir and not any(run.root.parent.iterdir()):
+                run.root.parent.rmdir()
+            raise
     else:
         settings = wait_for_settings(run)
         if Path(settings.dataset) != Path(options.data).resolve():
