@@ -310,21 +310,21 @@ def tuned(library: Library, weights: np.ndarray) -> Decision:
     return with_postprocessing(library, Decision(weights, tune_thresholds(library, weights)))
 
 
-def tuned_singles(library: Library) -> list[tuple[float, Decision]]:
-    """Each model alone with its own tuned thresholds and postprocessing, and its score on these images."""
+def ranked_singles(library: Library) -> list[tuple[int, float, Decision]]:
+    """Each model alone with its own tuned thresholds and postprocessing, and its score on these images, best
+    first (ties keep model order). A model whose probabilities are well ranked but badly calibrated is not
+    judged at 0.5."""
     decisions = [tuned(library, np.eye(len(library.names))[m]) for m in range(len(library.names))]
-    return [(decision_scores(library, decision)[0], decision) for decision in decisions]
+    scores = [decision_scores(library, decision)[0] for decision in decisions]
+    return [(int(m), scores[m], decisions[m]) for m in np.argsort(-np.asarray(scores), kind="stable")]
 
 
 def rank(library: Library) -> list[int]:
-    """Models best first, each judged with its own tuned thresholds and postprocessing (a model whose
-    probabilities are well ranked but badly calibrated is not judged at 0.5)."""
-    scores = [score for score, _ in tuned_singles(library)]
-    return [int(m) for m in np.argsort(-np.asarray(scores), kind="stable")]
+    return [m for m, _, _ in ranked_singles(library)]
 
 
 def decide_best_single(library: Library) -> Decision:
-    return max(tuned_singles(library), key=lambda pair: pair[0])[1]
+    return ranked_singles(library)[0][2]
 
 
 def decide_uniform(library: Library) -> Decision:
@@ -346,7 +346,8 @@ class Selection:
 
 def decide_ensemble(library: Library, max_size: int, bags: int, seed: int) -> Selection:
     singles = single_scores(library)
-    order = rank(library)  # greedy starts from the best model as tuned, not as scored at 0.5
+    ranked = ranked_singles(library)
+    order = [m for m, _, _ in ranked]  # greedy starts from the best model as tuned, not as scored at 0.5
     counts, history = np.zeros(len(library.names)), []
     rng = np.random.default_rng(seed)
     for bag in range(bags):
@@ -356,8 +357,8 @@ def decide_ensemble(library: Library, max_size: int, bags: int, seed: int) -> Se
         history += [{"bag": bag, **step} for step in bag_history] if bags > 1 else bag_history
     decision = tuned(library, counts / counts.sum())
     if bags > 1:  # a bag may have left the best model out: never worse than it on these images
-        single = decide_best_single(library)
-        if decision_scores(library, single)[0] > decision_scores(library, decision)[0]:
+        _, single_score, single = ranked[0]
+        if single_score > decision_scores(library, decision)[0]:
             return Selection(single, history, fell_back=True)
     return Selection(decision, history)
 
@@ -466,7 +467,7 @@ def decide_selection(library: Library, max_size: int, bags: int, seed: int) -> S
         single = cross_validate(library, decide_best_single, original=False).score
     else:  # one fold left: compare on these images
         ensemble = decision_scores(library, selection.decision)[0]
-        single = decision_scores(library, decide_best_single(library))[0]
+        single = ranked_singles(library)[0][1]
     if single > ensemble:
         return Selection(decide_best_single(library), [], fell_back=True)
     return selection

@@ -227,8 +227,8 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
     run, space, settings, split = prepare(options, echo)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(settings.storage, heartbeat=settings.heartbeat)
-    optuna.create_study(study_name=run.study, storage=storage, direction="maximize", load_if_exists=True)
-    trials_so_far = len(optuna.load_study(study_name=run.study, storage=storage).trials)
+    created = optuna.create_study(study_name=run.study, storage=storage, direction="maximize", load_if_exists=True)
+    trials_so_far = len(created.get_trials(deepcopy=False))
     # seeded by the study's size, so a second driver does not sample the first one's configs again
     study = optuna.load_study(study_name=run.study, storage=storage,
                               sampler=make_sampler(options.sampler, options.seed + trials_so_far, options.trials))

@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 
 from automl import optuna_adapter
 from automl.search_trial import TRIAL_NUMBER, final_state
-from automl.study_storage import SURPLUS, Throttle, budget, is_surplus
+from automl.study_storage import HEARTBEAT_S, SURPLUS, Throttle, budget, is_surplus
 
 
 class Heartbeats:
@@ -65,7 +65,7 @@ class StudySearcher(Searcher):
         self.trials: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> this driver's Optuna trial
         self.reported: dict[str, set[int]] = {}
         self.heartbeats = Heartbeats(storage, heartbeat) if heartbeat else None
-        self.check_stale = Throttle(heartbeat or 10)
+        self.check_stale = Throttle(heartbeat or HEARTBEAT_S)
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
