@@ -2,6 +2,9 @@
 
 Optuna has no public accessor for a trial's storage id, and heartbeats are recorded by id (its own
 `study.optimize` does it internally); our drivers ask and tell trials themselves, so they record them here.
+And RDBStorage's constructor always runs its schema-version check, which imports alembic and every SQL
+dialect alembic knows (a quarter of a second): readers of a study that exists (`status`, `report`,
+`dashboard`) open it without that check.
 """
 
 from __future__ import annotations
@@ -17,3 +20,20 @@ def trial_id(trial: Any) -> int:
 def record_heartbeat(storage: Any, trial: Any) -> None:
     """Tell a heartbeat-enabled storage that this running trial's driver is alive."""
     storage.record_heartbeat(trial_id(trial))
+
+
+def reader_storage(url: str, engine_kwargs: dict[str, Any]):
+    """An RDBStorage for reading and annotating a study that exists: no table creation, no schema-version
+    check (no alembic import). Every read and write of studies and trials works as in RDBStorage; schema
+    upgrades and version queries do not (readers never use them)."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from sqlalchemy import orm
+
+    storage = RDBStorage.__new__(RDBStorage)
+    storage.__dict__.update(engine_kwargs=engine_kwargs, url=url, skip_compatibility_check=True,
+                            heartbeat_interval=None, grace_period=None, heartbeat_stale_trial_callback=None,
+                            failed_trial_callback=None, _version_manager=None)
+    storage.engine = sqlalchemy.engine.create_engine(url, **engine_kwargs)
+    storage.scoped_session = orm.scoped_session(orm.sessionmaker(bind=storage.engine))
+    return storage

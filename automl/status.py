@@ -21,7 +21,7 @@ def load_study(runs_dir: str | Path, study: str):
 
     settings = store.RunDir(runs_dir, study).settings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage))
+    return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage, reader=True))
 
 
 def ranked_trials(study) -> list:

@@ -52,3 +52,22 @@ def test_two_drivers_racing_for_the_last_slot_agree_who_got_it(study):
     first, second = study.ask(X), study.ask(X)  # both asked when one slot of 3 was left
     assert not is_surplus(study.trials, first.number, target=3)
     assert is_surplus(study.trials, second.number, target=3)
+
+
+def test_a_reader_storage_reads_and_annotates_what_the_full_storage_wrote(study, tmp_path):
+    """The reader skips Optuna's schema check (and its alembic import); trials, values, intermediate
+    values, params and user attrs read the same, and a user attr written through it lands."""
+    study, _ = study
+    trial = study.ask(X)
+    trial.report(0.25, 1)
+    trial.set_user_attr("epochs", 1)
+    study.tell(trial, 0.5)
+    study.tell(study.ask(X), state=optuna.trial.TrialState.PRUNED)
+    reader = open_storage(f"sqlite:///{tmp_path / 's.db'}", reader=True)
+    again = optuna.load_study(study_name="s", storage=reader)
+    assert [(t.number, t.state, t.value, t.params, t.intermediate_values, t.user_attrs) for t in again.trials] == \
+        [(t.number, t.state, t.value, t.params, t.intermediate_values, t.user_attrs) for t in study.trials]
+    again.set_user_attr("seen", True)
+    assert study.user_attrs["seen"] is True
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name="absent", storage=reader)
