@@ -151,3 +151,66 @@ def test_the_best_single_model_is_the_best_once_tuned_not_at_half(labels):
     assert best_single.score == pytest.approx(1.0)
     assert strategy.score == pytest.approx(1.0)  # nothing to gain over shy alone, and nothing claimed
     assert decision_scores(library, selection.decision)[0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- scoring at each image's original size
+
+def left_columns(height: int, width: int, columns: int) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, :columns] = 1
+    return mask
+
+
+def original_size_library(task: str, models: list[np.ndarray], full: list[np.ndarray]) -> Library:
+    """Two images whose OOF maps are 8 x 8 and whose labels are 12 x 20 and 16 x 8 (height x width): a
+    swapped height and width, or scoring at the OOF size, cannot give the scores asserted below."""
+    small = np.stack([left_columns(8, 8, 4), left_columns(8, 8, 4)])
+    arrays = [np.rint(m * 255).astype(np.uint8) for m in models]
+    return Library([f"m{i}" for i in range(len(arrays))], arrays, lambda rows: small[rows], ["a", "b"], task,
+                   arrays[0].shape[1], None, full_labels=lambda row: full[row])
+
+
+def test_the_original_size_score_upsamples_each_image_to_its_own_size_then_decides():
+    """Foreground probability 1 on the left 4 of 8 columns, 0 on the rest. Bilinear upsampling to 20
+    columns gives p = 0.7 at column 9 and 0.3 at column 10, so the mask covers columns 0-9: exactly the
+    12 x 20 label of image a. Image b's 16 x 8 label covers columns 0-2, its prediction 0-3: IoU 3/4."""
+    fg = np.broadcast_to(left_columns(8, 8, 4).astype(np.float32), (2, 1, 8, 8))
+    full = [left_columns(12, 20, 10), left_columns(16, 8, 3)]
+    binary = original_size_library("binary", [fg], full)
+    decision = decide_best_single(binary)
+    from automl.ensemble import Decision
+
+    plain = Decision(np.ones(1), np.full(1, 0.5))
+    score, _ = decision_scores(binary, plain, original=True)
+    assert score == pytest.approx((10 * 12 + 3 * 16) / (10 * 12 + 4 * 16))  # pooled IoU over both images
+    assert decision_scores(binary, plain)[0] == pytest.approx(1.0)  # at the OOF size both labels match
+    # a threshold is applied after upsampling: at 0.75 column 9 (p = 0.7) leaves image a's mask
+    strict, _ = decision_scores(binary, Decision(np.ones(1), np.full(1, 0.75)), original=True)
+    assert strict == pytest.approx((9 * 12 + 3 * 16) / (10 * 12 + 4 * 16))
+    assert decision.weights.tolist() == [1.0]
+
+    multiclass = original_size_library("multiclass", [np.concatenate([1 - fg, fg], axis=1)], full)
+    _, per_class = decision_scores(multiclass, Decision(np.ones(1)), original=True)
+    assert per_class[1] == pytest.approx((10 * 12 + 3 * 16) / (10 * 12 + 4 * 16))
+    assert per_class[0] == pytest.approx((10 * 12 + 4 * 16) / (10 * 12 + 5 * 16))
+
+
+def test_a_hard_vote_decides_each_member_after_upsampling():
+    """Two members agree at 4 of 8 columns, a third says 3: with a majority of 2 of 3, image a's mask is
+    columns 0-9 as the two agreeing members' upsampled masks are; deciding at 8 px and upsampling the
+    vote would give the same only by chance, so compare with each member decided at 12 x 20 by hand."""
+    import torch
+
+    from automl.ensemble import Decision
+    from automl.postprocess import to_original_size
+
+    four = np.broadcast_to(left_columns(8, 8, 4).astype(np.float32), (2, 1, 8, 8))
+    three = np.broadcast_to(left_columns(8, 8, 3).astype(np.float32), (2, 1, 8, 8))
+    full = [left_columns(12, 20, 10), left_columns(16, 8, 3)]
+    library = original_size_library("binary", [four, four * 0.8, three], full)
+    by_hand = [(to_original_size(torch.from_numpy(np.rint(m[0] * 255) / 255), (12, 20)) > 0.5).numpy()[0]
+               for m in (four, four * 0.8, three)]
+    majority = (np.sum(by_hand, axis=0) >= 2).astype(np.uint8)
+    np.testing.assert_array_equal(majority, full[0])
+    score, _ = decision_scores(library, Decision(np.ones(3), order=[0, 1, 2], min_votes=2), original=True)
+    assert score == pytest.approx((10 * 12 + 3 * 16) / (10 * 12 + 4 * 16))
