@@ -311,6 +311,11 @@ class ScheduleConfig(Frozen):
         return check_schedule(name)
 
 
+class SwaConfig(Frozen):
+    start: float = Field(0.75, gt=0, lt=1, description="average the weights of the epochs after this fraction "
+                                                       "of the run")
+
+
 class TrainConfig(Frozen):
     epochs: int = Field(10, ge=1)
     # An epoch is max(one pass over the training images, this many optimizer steps), so a small dataset
@@ -319,6 +324,15 @@ class TrainConfig(Frozen):
     amp: bool = True  # used only where CUDA is present
     seed: int = 0
     num_workers: int = Field(0, ge=0)
+    # weight averaging (trainables/averaging.py): the averaged model is validated and saved
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
+    swa: SwaConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_average(self) -> "TrainConfig":
+        if self.ema is not None and self.swa is not None:
+            raise ValueError("ema and swa exclude each other: set one of them")
+        return self
 
 
 class TrialConfig(Frozen):

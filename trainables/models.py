@@ -112,10 +112,13 @@ def segment(model: torch.nn.Module, x: torch.Tensor, multiple: int = SIZE_MULTIP
     """The model's logits for a batch of any side: the input is padded up to a multiple of `multiple`
     (encoders downsample by 32) and the output cropped back, so sizes like 101 need no resize."""
     height, width = x.shape[-2:]
-    extra_h, extra_w = -height % multiple, -width % multiple
-    if not (extra_h or extra_w):
-        return model(x)
-    return model(torch.nn.functional.pad(x, (0, extra_w, 0, extra_h)))[..., :height, :width]
+    return model(pad_to_multiple(x, multiple))[..., :height, :width]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Zero-pad the bottom and right of a batch up to sides that are multiples of `multiple`."""
+    extra_h, extra_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    return torch.nn.functional.pad(x, (0, extra_w, 0, extra_h)) if extra_h or extra_w else x
 
 
 def create_model(arch: str, encoder: str, num_outputs: int, encoder_weights: str | None = None,

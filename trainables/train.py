@@ -25,9 +25,10 @@ from automl.config import DatasetSpec, FlipPolicy, TrialConfig
 from automl.data.cache import ResizeCache
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from trainables.augment import build_augmentation
+from trainables.averaging import WeightAveraging
 from trainables.data import SegmentationTorchDataset, TrainData
 from trainables.losses import HybridLoss
-from trainables.models import create_model, segment
+from trainables.models import create_model, pad_to_multiple, segment
 from trainables.optim import OPTIMIZERS, Schedule
 
 Report = Callable[[int, dict], None]
@@ -124,8 +125,8 @@ def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> 
     return train_loader, val_loader
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, normalize, epoch: int, amp: bool
-                    ) -> tuple[float, int]:
+def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, normalize, epoch: int, amp: bool,
+                    averaging: WeightAveraging | None = None) -> tuple[float, int]:
     model.train()
     total, images = torch.zeros((), device=normalize.device), 0
     for step, (x, y) in enumerate(loader):
@@ -140,6 +141,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, normali
         scaler.step(optimizer)
         scaler.update()
         schedule.after_batch()
+        if averaging is not None:
+            averaging.after_batch(model)
         total += loss.detach() * len(x)
         images += len(x)
     return float(total) / max(images, 1), images
@@ -192,14 +195,21 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
                         config.schedule.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     normalize = Normalizer(device, channels_last=cuda, channels=config.model.in_channels)
+    swa = config.train.swa
+    averaging = WeightAveraging(model, config.train.epochs, config.train.ema, swa.start if swa else None)
+
+    def training_inputs():  # for SWA's BatchNorm statistics
+        return (pad_to_multiple(normalize(x)) for x, _ in train_loader)
+
     steps = 0
     for epoch in range(1, config.train.epochs + 1):
         start = time.perf_counter()
         train_loss, images = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, normalize,
-                                             epoch, amp)
+                                             epoch, amp, averaging)
         train_seconds = time.perf_counter() - start
+        evaluated = averaging.model_after_epoch(model, epoch, training_inputs)
         meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
-        score, per_class, val_loss = evaluate(model, val_loader, loss_fn, normalize, meter, amp)
+        score, per_class, val_loss = evaluate(evaluated, val_loader, loss_fn, normalize, meter, amp)
         schedule.after_epoch(score)
         steps += len(train_loader)
         yield Epoch(epoch, {"epoch": epoch, "score": score, "metric": METRIC_NAME[spec.task],
@@ -207,7 +217,7 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
                             "steps": steps, "steps_per_epoch": len(train_loader), "train_images": images,
                             "train_images_per_s": images / train_seconds,
                             "seconds": time.perf_counter() - start,
-                            "per_class": [None if np.isnan(v) else float(v) for v in per_class]}, model)
+                            "per_class": [None if np.isnan(v) else float(v) for v in per_class]}, evaluated)
 
 
 def train(config: TrialConfig, data: TrainData, report: Report | None = None, out_dir: str | Path | None = None,
