@@ -56,12 +56,20 @@ def data_audit(
     z: float = typer.Option(3.0, help="Flag a class's mask area when |z-score| exceeds this."),
     csv: Optional[Path] = typer.Option(None, help="Where to write the flags (default: audit.csv beside the "
                                                   "dataset.yaml)."),
+    drop: Optional[str] = typer.Option(None, help="Write an exclusion list of the images a rule selects: "
+                                                  "'area_z>1.2' (a class's area z-score) or 'oof<0.2' (the "
+                                                  "study's out-of-fold score, needs --study)."),
+    out: Optional[Path] = typer.Option(None, help="Where --drop writes its list (default: exclude.txt beside "
+                                                  "the dataset.yaml)."),
+    study: Optional[str] = typer.Option(None, help="The study whose ensemble_per_image.csv an oof rule reads."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
 ) -> None:
     """Unreadable images, missing labels or images, empty masks, polygons outside the image, unknown
-    classes and mask-area outliers: a table and a CSV."""
+    classes and mask-area outliers: a table and a CSV; with --drop, an exclusion list."""
     from automl.data.audit import audit_dataset
 
-    audit_dataset(dataset, z=z, csv=csv, console=console)
+    per_image = runs_dir / study / "ensemble_per_image.csv" if study else None
+    audit_dataset(dataset, z=z, csv=csv, console=console, drop=drop, exclude_out=out, per_image_csv=per_image)
 
 
 @app.command("train")

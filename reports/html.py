@@ -91,6 +91,7 @@ def summary_section(settings, trials: pd.DataFrame) -> str:
                   f"{fidelity.get('subsample', 1):.0%} of the training groups",
         "input channels": decisions.get("in_channels", 3),
         "horizontal flips": flips_text(decisions.get("flips")),
+        "excluded images": f"{len(decisions.get('excluded', []))} (the dataset.yaml's `exclude` list)",
         "trial compute": f"{trials['minutes'].sum():.1f} min" if len(trials) else "-",
         "trials by state": ", ".join(f"{k.lower()} {v}" for k, v in states.items()) or "none yet",
         "created": settings.created,

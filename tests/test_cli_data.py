@@ -142,3 +142,62 @@ def test_console_script_prints_no_traceback(tmp_path):
 def test_help_lists_the_commands(run_cli):
     code, out, _ = run_cli("data", "--help")
     assert code == 0 and all(name in out for name in ("demo", "inspect", "audit"))
+
+
+def squares_dataset(tmp_path, rng, sides: dict[str, int], exclude: str | None = None):
+    for stem, side in sides.items():
+        write_image(tmp_path / "im" / f"{stem}.png", random_image(rng, 32, 32))
+        write_json(tmp_path / "js" / f"{stem}.json",
+                   {"annotations": [{"label": "a", "points": [[1, 1], [side, 1], [side, side], [1, side]]}]})
+    extra = {"exclude": exclude} if exclude else {}
+    return write_yaml(tmp_path, name="x", task="multilabel", classes=["a"], images="im/*.png",
+                      labels={"format": "polygon_json", "path": "js"}, **extra)
+
+
+def test_audit_drop_writes_an_exclusion_list_that_search_and_promote_datasets_honour(run_cli, tmp_path, rng):
+    """Hair-team rule: a mask whose area z-score exceeds 1.2 is label noise. 12 squares of side 6-8 and
+    two of side 30 (z about +2.3): exactly the two big ones go, and the dataset then leaves them out."""
+    from automl.data.dataset import SegmentationDataset
+
+    sides = {f"ok{i:02d}": 6 + i % 3 for i in range(12)} | {"huge1": 30, "huge2": 30}
+    path = squares_dataset(tmp_path, rng, sides)
+    code, out, err = run_cli("data", "audit", path, "--drop", "area_z>1.2")
+    assert code == 0, err
+    listed = [line for line in (tmp_path / "exclude.txt").read_text().splitlines() if not line.startswith("#")]
+    assert listed == ["im/huge1.png", "im/huge2.png"]
+    assert "2 of 14 images dropped" in out and "set `exclude: exclude.txt`" in out
+    assert len(SegmentationDataset.from_yaml(path).ids) == 14  # nothing changes until the yaml names the list
+    with open(path, "a") as f:
+        f.write("exclude: exclude.txt\n")
+    dataset = SegmentationDataset.from_yaml(path)
+    assert len(dataset.ids) == 12 and dataset.excluded == ["im/huge1.png", "im/huge2.png"]
+    # a second rule keeps what the list already held: the small squares (z below -0.9 now) join the big ones
+    code, out, err = run_cli("data", "audit", path, "--drop", "area_z<-0.9", "--out", tmp_path / "exclude2.txt")
+    assert code == 0, err
+    listed = [line for line in (tmp_path / "exclude2.txt").read_text().splitlines() if not line.startswith("#")]
+    assert listed == ["im/huge1.png", "im/huge2.png", "im/ok00.png", "im/ok03.png", "im/ok06.png", "im/ok09.png"]
+
+
+def test_audit_drop_by_out_of_fold_score_reads_the_studys_per_image_scores(run_cli, tmp_path, rng):
+    path = squares_dataset(tmp_path, rng, {f"ok{i:02d}": 6 + i % 3 for i in range(6)})
+    study = tmp_path / "runs" / "s"
+    study.mkdir(parents=True)
+    pd.DataFrame({"id": ["im/ok01.png", "im/ok04.png", "im/ok00.png", "im/gone.png"],
+                  "score": [0.05, 0.19, 0.2, 0.0]}).to_csv(study / "ensemble_per_image.csv", index=False)
+    code, out, err = run_cli("data", "audit", path, "--drop", "oof<0.2", "--study", "s", "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    listed = [line for line in (tmp_path / "exclude.txt").read_text().splitlines() if not line.startswith("#")]
+    assert listed == ["im/ok01.png", "im/ok04.png"]  # 0.2 is not below 0.2; an id not in the dataset is ignored
+
+
+@pytest.mark.parametrize("rule, args, expected", [
+    ("area_z>>1", [], "cannot read the drop rule"),
+    ("area>1.2", [], "did you mean 'area_z'"),
+    ("oof<0.2", [], "no per-image OOF scores"),
+    ("oof<0.2", ["--study", "absent"], "ensemble_per_image.csv"),
+])
+def test_a_bad_drop_rule_exits_2_in_one_line_and_writes_nothing(rule, args, expected, run_cli, tmp_path, rng):
+    path = squares_dataset(tmp_path, rng, {f"ok{i}": 6 for i in range(4)})
+    code, out, err = run_cli("data", "audit", path, "--drop", rule, *args, "--runs-dir", tmp_path / "runs")
+    assert code == 2 and expected in err and "--drop" in err, err
+    assert not (tmp_path / "exclude.txt").exists()

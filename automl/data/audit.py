@@ -4,12 +4,19 @@ Flags unreadable images, images without labels and labels without images, empty 
 the image, unknown class names, per-class mask-area outliers (|z| above a threshold: a winning
 hair-segmentation team dropped |z| > 1.2 as label noise) and mirrored class pairs (a left and a right lung,
 which a horizontal flip turns into each other).
+With `--drop RULE` it also writes an exclusion list (`area_z>1.2`: images where a class covers an unusual
+share of the image; `oof<0.2`: images the study's ensemble scores poorly out of fold, from
+ensemble_per_image.csv) that search and promote leave out once the dataset.yaml names it (`exclude:`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import operator
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,24 +33,86 @@ from automl.errors import UserError, require_positive
 COLUMNS = ["id", "reason", "detail"]
 
 
+def area_z_scores(stats: LabelStats) -> tuple[np.ndarray, np.ndarray]:
+    """(images x classes z-scores of each class's area fraction over the images that contain it, NaN where
+    the class is absent or too rare to score; the area fractions)."""
+    fraction = stats.pixels / np.maximum(stats.sizes.prod(axis=1), 1)[:, None]
+    z = np.full(fraction.shape, np.nan)
+    for c in range(fraction.shape[1]):
+        present = np.flatnonzero(stats.presence[:, c])
+        values = fraction[present, c]
+        if len(present) >= 3 and values.std() > 0:
+            z[present, c] = (values - values.mean()) / values.std()
+    return z, fraction
+
+
 def area_outliers(stats: LabelStats, class_names: list[str], z_threshold: float) -> list[dict]:
     """Per class, over the images that contain it: the z-score of the class's area fraction."""
-    image_pixels = np.maximum(stats.sizes.prod(axis=1), 1)[:, None]
-    fraction = stats.pixels / image_pixels
+    z, fraction = area_z_scores(stats)
     flags = []
     for c, name in enumerate(class_names):
-        present = np.flatnonzero(stats.presence[:, c])
-        if len(present) < 3:
-            continue
-        values = fraction[present, c]
-        std = values.std()
-        if std == 0:
-            continue
-        z = (values - values.mean()) / std
-        for i, score in zip(present[np.abs(z) > z_threshold], z[np.abs(z) > z_threshold]):
+        for i in np.flatnonzero(np.abs(np.nan_to_num(z[:, c])) > z_threshold):
             flags.append({"id": stats.ids[i], "reason": "area_outlier",
-                          "detail": f"'{name}' covers {fraction[i, c]:.2%} of the image, z={score:+.2f}"})
+                          "detail": f"'{name}' covers {fraction[i, c]:.2%} of the image, z={z[i, c]:+.2f}"})
     return flags
+
+
+# ---------------------------------------------------------------- --drop: an exclusion list
+
+OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+DROP_MEASURES = {"area_z": "z-score of a class's area fraction (any class of the image)",
+                 "oof": "the ensemble's out-of-fold score of the image (ensemble_per_image.csv)"}
+
+
+@dataclass(frozen=True)
+class DropRule:
+    measure: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> "DropRule":
+        match = re.fullmatch(r"\s*([a-z_]+)\s*(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*", text or "")
+        if not match:
+            raise UserError(f"cannot read the drop rule {text!r}", key="--drop",
+                            fix="write MEASURE OPERATOR NUMBER, e.g. --drop 'area_z>1.2' or --drop 'oof<0.2'")
+        if match.group(1) not in DROP_MEASURES:
+            from trainables.registry import unknown_name_message
+
+            raise UserError(unknown_name_message("drop measure", match.group(1), DROP_MEASURES), key="--drop",
+                            fix="; ".join(f"{name}: {meaning}" for name, meaning in DROP_MEASURES.items()))
+        return cls(match.group(1), match.group(2), float(match.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.measure}{self.op}{self.value:g}"
+
+    def selects(self, values: np.ndarray) -> np.ndarray:
+        return OPERATORS[self.op](values, self.value)
+
+
+def dropped_by_area(rule: DropRule, stats: LabelStats) -> list[str]:
+    z, _ = area_z_scores(stats)
+    return [stats.ids[i] for i in np.flatnonzero(rule.selects(z).any(axis=1))]  # NaN (class absent) never selects
+
+
+def dropped_by_oof(rule: DropRule, per_image_csv: Path | None, known_ids: set[str]) -> list[str]:
+    if per_image_csv is None or not Path(per_image_csv).is_file():
+        raise UserError(f"no per-image OOF scores ({per_image_csv or 'no --study given'}): the oof rule reads "
+                        f"the ensemble's ensemble_per_image.csv", key="--drop",
+                        fix="run `automl ensemble STUDY` first and pass --study STUDY [--runs-dir DIR]")
+    scores = pd.read_csv(per_image_csv, dtype={"id": str})
+    scores = scores[scores["id"].isin(known_ids)]
+    return scores.loc[rule.selects(scores["score"].to_numpy()), "id"].tolist()
+
+
+def write_exclusion_list(path: Path, rule: DropRule, dropped: list[str], already: list[str]) -> list[str]:
+    """The ids to leave out: those the rule drops plus those the dataset already excludes (so pointing
+    `exclude:` at the new file loses none), one per line, under a comment that says where they came from."""
+    ids = sorted(set(dropped) | set(already))
+    header = f"# automl data audit --drop '{rule}': {len(dropped)} dropped"
+    header += f", {len(set(already) - set(dropped))} kept from the previous exclusion list\n" if already else "\n"
+    store.write_text(path, header + "".join(f"{i}\n" for i in ids))
+    return ids
 
 
 def empty_masks(stats: LabelStats, task: str) -> list[dict]:
@@ -67,8 +136,12 @@ def undecodable_images(dataset: SegmentationDataset, workers: int = 4) -> list[d
 
 
 def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | None = None,
-                  console: Console | None = None) -> pd.DataFrame:
+                  console: Console | None = None, drop: str | None = None, exclude_out: str | Path | None = None,
+                  per_image_csv: str | Path | None = None) -> pd.DataFrame:
     require_positive("--z", z, fix="e.g. --z 3 (or 1.2 to flag more)")
+    rule = DropRule.parse(drop) if drop else None
+    if rule and rule.measure == "oof":
+        dropped_by_oof(rule, per_image_csv, set())  # fails now, before the audit, if the scores are missing
     dataset = SegmentationDataset.from_yaml(dataset_yaml, strict=False)
     spec = dataset.spec
     stats = label_stats(dataset)
@@ -94,6 +167,15 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     decision = decide_flips(spec, stats)
     if decision.note:
         console.print(decision.note, soft_wrap=True)
+    if rule:
+        dropped = (dropped_by_area(rule, stats) if rule.measure == "area_z" else
+                   dropped_by_oof(rule, per_image_csv, set(stats.ids)))
+        out = Path(exclude_out) if exclude_out else Path(spec.source).with_name("exclude.txt")
+        ids = write_exclusion_list(out, rule, dropped, dataset.excluded)
+        named = out.name if out.resolve().parent == Path(spec.source).resolve().parent else out
+        console.print(f"--drop '{rule}': {len(dropped)} of {len(dataset)} images dropped; wrote {len(ids)} ids to "
+                      f"{out}. To leave them out of search and promote, set `exclude: {named}` in {spec.source}",
+                      soft_wrap=True)
     return table
 
 
