@@ -51,11 +51,19 @@ class SegmentationTorchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def augmented(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.cache[self.indices[item]]
         image, mask = match_channels(np.asarray(sample.image), self.channels), np.asarray(sample.mask)
         if self.augmentation is not None:
             image, mask = apply(self.augmentation, image, mask)
+        return image, mask
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.augmented(item)
+        for mixer in getattr(self.augmentation, "mixers", ()):
+            if len(self) > 1 and np.random.rand() < mixer.p:
+                other = (item + np.random.randint(1, len(self))) % len(self)  # any sample but this one
+                image, mask = mixer.mix(image, mask, *self.augmented(other))
         image = torch.from_numpy(np.require(image.transpose(2, 0, 1), requirements=["C", "W"]))
         if self.task == "multiclass":
             return image, torch.from_numpy(mask.astype(np.int64))

@@ -106,7 +106,8 @@ def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> 
     cache.ensure(data.train_indices + data.val_indices)  # decode once, before the first epoch
     flips = flip_policy(config, spec)
     augmentation = build_augmentation(config.data.augment, config.data.crop, seed=config.train.seed,
-                                      horizontal=flips.horizontal, swaps=flips.swaps(spec.class_names))
+                                      horizontal=flips.horizontal, swaps=flips.swaps(spec.class_names),
+                                      ignore_index=spec.effective_ignore_index or 255)
     channels = config.model.in_channels
     train_set = SegmentationTorchDataset(cache, data.train_indices, spec.task, augmentation, channels)
     val_set = SegmentationTorchDataset(cache, data.val_indices, spec.task, channels=channels)
