@@ -236,6 +236,9 @@ def predict_command(
     evaluate: Optional[Path] = typer.Option(None, help="A dataset.yaml whose labels score the predictions."),
     single_polygon: bool = typer.Option(False, help="polygon_json: only the largest polygon per class."),
     rle_order: str = typer.Option("row", help="rle_csv pixel order: row (left-right, then down) or column."),
+    tile: Optional[int] = typer.Option(None, help="Predict resized images larger than this in tiles of this "
+                                                  "side (Gaussian-blended), e.g. the training crop."),
+    overlap: float = typer.Option(0.25, help="Overlap of neighbouring tiles, as a fraction of a tile."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
 ) -> None:
     """Predict with the ensemble's fold checkpoints and TTA; write a submission."""
@@ -246,7 +249,8 @@ def predict_command(
     except ValueError:
         raise UserError(f"expected numbers like 0.75,1,1.25, got '{scales}'", key="--scales") from None
     run_predict(runs_dir, study, images, out, format=format, tta=tta, scales=scale_values, batch=batch, model=model,
-                evaluate=evaluate, single_polygon=single_polygon, rle_order=rle_order, echo=console.print)
+                evaluate=evaluate, single_polygon=single_polygon, rle_order=rle_order, tile=tile, overlap=overlap,
+                echo=console.print)
 
 
 @app.command("report")

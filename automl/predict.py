@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -93,9 +94,11 @@ def list_prediction_images(images: str | Path) -> list[Path]:
 
 
 def predict_batch(members: list[Member], images: list[np.ndarray], spec: DatasetSpec, device: torch.device,
-                  tta: str, scales: tuple[float, ...], eval_size: tuple[int, int]) -> torch.Tensor:
-    """Weighted mean probabilities of the members (each the mean of its folds) at eval_size: B x C x h x w."""
-    from trainables.infer import tta_probabilities
+                  tta: str, scales: tuple[float, ...], eval_size: tuple[int, int], tile: int | None = None,
+                  overlap: float = 0.25) -> torch.Tensor:
+    """Weighted mean probabilities of the members (each the mean of its folds) at eval_size: B x C x h x w.
+    With `tile`, a resized image larger than it is predicted in Gaussian-blended tiles of that side."""
+    from trainables.infer import tiled_probabilities, tta_probabilities
     from trainables.train import Normalizer
 
     total, weight_sum = None, 0.0
@@ -104,8 +107,13 @@ def predict_batch(members: list[Member], images: list[np.ndarray], spec: Dataset
         batch = np.stack([resize_image(match_channels(image, member.channels), member.size) for image in images])
         x = normalize(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
         swaps = member.flips.swaps(spec.class_names)
-        folds = torch.stack([tta_probabilities(net, x, spec.task, tta, scales, member.flips.horizontal, swaps)
-                             for net in member.networks]).mean(dim=0)
+
+        def probabilities(net, batch):
+            return tta_probabilities(net, batch, spec.task, tta, scales, member.flips.horizontal, swaps)
+
+        tiled = tile is not None and max(x.shape[-2:]) > tile
+        folds = torch.stack([tiled_probabilities(partial(probabilities, net), x, tile, overlap) if tiled
+                             else probabilities(net, x) for net in member.networks]).mean(dim=0)
         if tuple(folds.shape[-2:]) != eval_size:
             folds = F.interpolate(folds, size=eval_size, mode="bilinear", align_corners=False)
         total = folds * member.weight if total is None else total + folds * member.weight
@@ -153,7 +161,8 @@ class Evaluation:
 def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str | Path, format: str = "rle_csv",
                 tta: str = "none", scales: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5), batch: int = 8,
                 model: str | None = None, evaluate: str | Path | None = None, single_polygon: bool = False,
-                rle_order: str = "row", echo: Callable[[str], None] = print) -> dict:
+                rle_order: str = "row", tile: int | None = None, overlap: float = 0.25,
+                echo: Callable[[str], None] = print) -> dict:
     from trainables.train import pick_device
 
     if format not in FORMATS:
@@ -163,6 +172,10 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
     if rle_order not in ("row", "column"):
         raise UserError(f"--rle-order must be row or column, got '{rle_order}'", key="--rle-order")
     require_at_least("--batch", batch, 1)
+    if tile is not None:
+        require_at_least("--tile", tile, 32)
+    if not 0 <= overlap < 1:
+        raise UserError(f"--overlap must be in [0, 1), got {overlap}", key="--overlap", fix="e.g. --overlap 0.25")
     if tta == "flip+scale" and (not scales or min(scales) <= 0):
         raise UserError(f"--scales must be positive factors, got {','.join(map(str, scales))}", key="--scales",
                         fix="e.g. --scales 0.75,1,1.25")
@@ -177,14 +190,16 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
     writer = create_writer(format, Path(out), spec.task, class_names, single_polygon=single_polygon,
                            rle_order=rle_order)
     echo(f"predicting {len(paths)} images with {', '.join(f'{m.name} x{m.weight:.2f}' for m in members)} "
-         f"({sum(len(m.networks) for m in members)} checkpoints), TTA {tta}")
+         f"({sum(len(m.networks) for m in members)} checkpoints), TTA {tta}"
+         + (f", tiles of {tile} px overlapping {overlap:.0%}" if tile else ""))
     if tta != "none":
         for line in sorted({flip_note(member.flips) for member in members} - {""}):
             echo(line)
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         originals = [formats.read_image(p) for p in chunk]
-        probabilities = predict_batch(members, originals, spec, device, tta, tuple(scales), decisions["eval_size"])
+        probabilities = predict_batch(members, originals, spec, device, tta, tuple(scales), decisions["eval_size"],
+                                      tile, overlap)
         for path, image, probs in zip(chunk, originals, probabilities):
             full = to_original_size(probs, image.shape[:2])
             mask = final_mask(full.numpy(), spec.task, decisions["thresholds"], decisions["postprocess"])

@@ -113,6 +113,12 @@ def test_the_whole_loop_on_every_task(task, size, classes_per_image, tmp_path, r
     dataset_yaml = write_demo(tmp_path / "data", task, n=12, size=size)
     outcome = run_loop(dataset_yaml, tmp_path / "runs", task, tmp_path / "data" / "images")
     check_loop(outcome, SegmentationDataset.from_yaml(dataset_yaml), classes_per_image)
+    if task == "multiclass":  # the same images in 32-px tiles of the 64-px inputs: close to the whole-image score
+        lines: list[str] = []
+        tiled = run_predict(tmp_path / "runs", task, tmp_path / "data" / "images", tmp_path / "tiled.csv", tta="flip",
+                            evaluate=dataset_yaml, tile=32, overlap=0.5, echo=lines.append)["evaluation"]
+        assert "tiles of 32 px overlapping 50%" in lines[0]
+        assert tiled["images"] == 12 and abs(tiled["score"] - outcome["predicted"]["evaluation"]["score"]) < 0.15
     if task == "binary":  # 101-pixel images went in at 64 and come back at 101
         run_predict(tmp_path / "runs", task, tmp_path / "data" / "images", tmp_path / "png", format="png",
                     echo=lambda line: None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,7 +52,9 @@ def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, task: str, tta: s
     height, width = x.shape[-2:]
     outputs = []
     for scale in (scales if tta == "flip+scale" else (1.0,)):
-        size = (max(32, int(round(height * scale / 32)) * 32), max(32, int(round(width * scale / 32)) * 32))
+        # other scales snap to multiples of 32; scale 1 keeps the size (`segment` pads any side)
+        size = (height, width) if scale == 1.0 else (max(32, int(round(height * scale / 32)) * 32),
+                                                     max(32, int(round(width * scale / 32)) * 32))
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         views = [_forward(model, scaled, task)]
         if tta in ("flip", "flip+scale") and horizontal:
@@ -59,3 +64,54 @@ def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, task: str, tta: s
             outputs.append(view if size == (height, width) else
                            F.interpolate(view, size=(height, width), mode="bilinear", align_corners=False))
     return torch.stack(outputs).mean(dim=0)
+
+
+# ---------------------------------------------------------------- sliding windows
+
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Tile offsets along one side: evenly spread, at most `step` apart, the first at 0 and the last
+    touching the far border (nnU-Net's placement)."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / step) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def gaussian_weights(height: int, width: int, sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """nnU-Net's tile weights: a Gaussian centred on the tile (sigma = side / 8), 1 at the centre, floored
+    at its smallest positive value so that border pixels still count where only one tile covers them."""
+    axes = [torch.exp(-0.5 * ((torch.arange(side, dtype=torch.float64) - (side - 1) / 2) / (side * sigma_scale)) ** 2)
+            for side in (height, width)]
+    weights = axes[0][:, None] * axes[1][None, :]
+    weights = weights / weights.max()
+    return weights.clamp_min(weights[weights > 0].min()).float()
+
+
+@torch.no_grad()
+def tiled_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                        overlap: float = 0.25, batch: int = 4) -> torch.Tensor:
+    """Probabilities of a normalised N x C x H x W batch, computed on tiles of `tile` pixels that overlap
+    by `overlap` of a tile and blended with Gaussian weights. `forward` maps a batch of tiles to their
+    probabilities (TTA included). Only `batch` tiles go through the model at once, so the model's memory
+    does not grow with the image; the blended map (K x H x W floats per image) does."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    height, width = x.shape[-2:]
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    step_h, step_w = max(1, int(tile_h * (1 - overlap))), max(1, int(tile_w * (1 - overlap)))
+    positions = [(top, left) for top in tile_starts(height, tile_h, step_h) for left in tile_starts(width, tile_w, step_w)]
+    weights = gaussian_weights(tile_h, tile_w).to(x.device)
+    out = None  # N x K x H x W, filled with weighted sums in place, then divided in place
+    norm = torch.zeros((height, width), device=x.device)
+    for index, image in enumerate(x):
+        for start in range(0, len(positions), batch):
+            group = positions[start:start + batch]
+            tiles = torch.stack([image[:, top:top + tile_h, left:left + tile_w] for top, left in group])
+            probabilities = forward(tiles)
+            if out is None:
+                out = torch.zeros((len(x), probabilities.shape[1], height, width), device=x.device)
+            for (top, left), p in zip(group, probabilities):
+                out[index, :, top:top + tile_h, left:left + tile_w] += p * weights
+                if index == 0:
+                    norm[top:top + tile_h, left:left + tile_w] += weights
+    return out.div_(norm)
