@@ -328,6 +328,12 @@ class TrainConfig(Frozen):
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
     swa: SwaConfig | None = None
 
+    @field_validator("swa", mode="before")
+    @classmethod
+    def _swa_off(cls, value):
+        """`train.swa.start: null` (a searched choice) means no SWA."""
+        return None if isinstance(value, dict) and value.get("start", 0.75) is None else value
+
     @model_validator(mode="after")
     def _one_average(self) -> "TrainConfig":
         if self.ema is not None and self.swa is not None:

@@ -225,6 +225,18 @@ def validate_space(space: SearchSpace, path: Path) -> None:
         for value in values:
             _check(space, {**base, key: value}, path, key)
     _check_model_pairs(space, path)
+    _check_one_average(space, path)
+
+
+def _check_one_average(space: SearchSpace, path: Path) -> None:
+    """EMA and SWA exclude each other: a space that can turn both on would fail those trials."""
+    keys = [*space.params, *space.fixed]
+    ema = [k for k in keys if k == "train.ema" and (k in space.params or space.fixed[k] is not None)]
+    swa = [k for k in keys if k.startswith("train.swa") and (k in space.params or space.fixed[k] is not None)]
+    if ema and swa:
+        raise UserError(f"the space sets both {ema[0]} and {swa[0]}, which exclude each other", file=path,
+                        key=swa[0], fix="search one of them: train.ema: {type: categorical, choices: [null, 0.99]} "
+                                        "or train.swa.start: {type: categorical, choices: [null, 0.75]}")
 
 
 def _check_model_pairs(space: SearchSpace, path: Path) -> None:

@@ -21,7 +21,12 @@ def load_study(runs_dir: str | Path, study: str):
 
     settings = store.RunDir(runs_dir, study).settings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage, reader=True))
+    try:
+        return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage, reader=True))
+    except UserError:
+        raise
+    except Exception:  # the reader skips Optuna's schema check: let the full storage say what is wrong
+        return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage))
 
 
 def ranked_trials(study) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from automl.errors import UserError
 
@@ -29,6 +30,11 @@ def open_storage(url: str, heartbeat: int | None = None, reader: bool = False):
     try:
         if reader:
             from automl.optuna_adapter import reader_storage
+
+            database = url.removeprefix("sqlite:///")
+            if url.startswith("sqlite:///") and database != ":memory:" and not Path(database).is_file():
+                raise UserError(f"no Optuna storage at {database}", key="storage",
+                                fix="check study.yaml's storage, or run `automl search` for this study first")
 
             return reader_storage(url, engine)
         import optuna

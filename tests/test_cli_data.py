@@ -192,6 +192,7 @@ def test_audit_drop_by_out_of_fold_score_reads_the_studys_per_image_scores(run_c
 
 @pytest.mark.parametrize("rule, args, expected", [
     ("area_z>>1", [], "cannot read the drop rule"),
+    ("area_z>1.2.3", [], "cannot read the drop rule"),
     ("area>1.2", [], "did you mean 'area_z'"),
     ("oof<0.2", [], "no per-image OOF scores"),
     ("oof<0.2", ["--study", "absent"], "ensemble_per_image.csv"),
@@ -201,3 +202,20 @@ def test_a_bad_drop_rule_exits_2_in_one_line_and_writes_nothing(rule, args, expe
     code, out, err = run_cli("data", "audit", path, "--drop", rule, *args, "--runs-dir", tmp_path / "runs")
     assert code == 2 and expected in err and "--drop" in err, err
     assert not (tmp_path / "exclude.txt").exists()
+
+
+def test_audit_drop_names_the_list_relative_to_the_datasets_root(run_cli, tmp_path, rng):
+    """`exclude:` is read relative to `root:`: the printed line must work where the yaml sits elsewhere."""
+    from automl.data.dataset import SegmentationDataset
+
+    sides = {f"ok{i:02d}": 6 + i % 3 for i in range(12)} | {"huge1": 30}
+    squares_dataset(tmp_path / "data", rng, sides)
+    config = tmp_path / "configs" / "x.yaml"
+    config.parent.mkdir()
+    config.write_text((tmp_path / "data" / "dataset.yaml").read_text() + f"root: {tmp_path / 'data'}\n")
+    code, out, err = run_cli("data", "audit", config, "--drop", "area_z>1.2")
+    assert code == 0, err
+    line = out.split("set `exclude: ")[1].split("`")[0]
+    with open(config, "a") as f:
+        f.write(f"exclude: {line}\n")
+    assert SegmentationDataset.from_yaml(config).excluded == ["im/huge1.png"]

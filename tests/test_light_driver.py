@@ -126,3 +126,13 @@ def test_dashboard_serves_the_100_trial_study(big_study):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_status_on_a_missing_storage_says_so_in_one_line_and_creates_nothing(tmp_path, run_cli):
+    runs = tmp_path / "runs"
+    missing = store.RunDir(runs, "gone").optuna_db
+    build_study(runs, "gone", f"sqlite:///{missing}")
+    missing.unlink()
+    code, _, err = run_cli("status", "gone", "--runs-dir", runs)
+    assert code == 2 and "no Optuna storage at" in err and "Traceback" not in err
+    assert not missing.exists()

@@ -99,10 +99,10 @@ class CopyPaste(Mixer):
         self.background, self.ignore_index = background, ignore_index
 
     def region(self, other_mask, shape):
-        if other_mask.ndim == 3:  # multilabel: channels are classes
-            present = [c for c in range(other_mask.shape[0]) if other_mask[c].any()]
-            chosen = self.subset(present)
-            return other_mask[chosen].any(axis=0) if chosen else np.zeros(shape, bool)
+        if other_mask.ndim == 3:  # multilabel: channels are classes; only 1 marks an object (not ignore)
+            objects = other_mask == 1
+            chosen = self.subset([c for c in range(other_mask.shape[0]) if objects[c].any()])
+            return objects[chosen].any(axis=0) if chosen else np.zeros(shape, bool)
         values = np.unique(other_mask)
         present = [v for v in values.tolist() if v not in (self.background, self.ignore_index)]
         return np.isin(other_mask, self.subset(present))

@@ -199,8 +199,12 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
     swa = config.train.swa
     averaging = WeightAveraging(model, config.train.epochs, config.train.ema, swa.start if swa else None)
 
-    def training_inputs():  # for SWA's BatchNorm statistics
-        return (pad_to_multiple(normalize(x)) for x, _ in train_loader)
+    def training_inputs():
+        """For SWA's BatchNorm statistics: the training images once, unaugmented, in order, from a loader of
+        their own (the training loader's sampler and augmentation stay as they would be without SWA)."""
+        images = SegmentationTorchDataset(ResizeCache(data.dataset, config.data.resize), data.train_indices,
+                                          spec.task, channels=config.model.in_channels)
+        return (pad_to_multiple(normalize(x)) for x, _ in DataLoader(images, batch_size=config.data.batch_size))
 
     steps = 0
     for epoch in range(1, config.train.epochs + 1):
@@ -208,7 +212,8 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
         train_loss, images = train_one_epoch(model, train_loader, loss_fn, optimizer, schedule, scaler, normalize,
                                              epoch, amp, averaging)
         train_seconds = time.perf_counter() - start
-        evaluated = averaging.model_after_epoch(model, epoch, training_inputs)
+        with torch.autocast(device.type, enabled=amp):
+            evaluated = averaging.model_after_epoch(model, epoch, training_inputs)
         meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
         score, per_class, val_loss = evaluate(evaluated, val_loader, loss_fn, normalize, meter, amp)
         schedule.after_epoch(score)

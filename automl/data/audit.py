@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import operator
+import os
 import re
 from dataclasses import dataclass
 
@@ -72,7 +73,7 @@ class DropRule:
 
     @classmethod
     def parse(cls, text: str) -> "DropRule":
-        match = re.fullmatch(r"\s*([a-z_]+)\s*(>=|<=|>|<)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*", text or "")
+        match = re.fullmatch(r"\s*([a-z_]+)\s*(>=|<=|>|<)\s*(-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e-?[0-9]+)?)\s*", text or "")
         if not match:
             raise UserError(f"cannot read the drop rule {text!r}", key="--drop",
                             fix="write MEASURE OPERATOR NUMBER, e.g. --drop 'area_z>1.2' or --drop 'oof<0.2'")
@@ -172,7 +173,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
                    dropped_by_oof(rule, per_image_csv, set(stats.ids)))
         out = Path(exclude_out) if exclude_out else Path(spec.source).with_name("exclude.txt")
         ids = write_exclusion_list(out, rule, dropped, dataset.excluded)
-        named = out.name if out.resolve().parent == Path(spec.source).resolve().parent else out
+        named = os.path.relpath(out.resolve(), spec.root.resolve())  # `exclude:` is read relative to root
         console.print(f"--drop '{rule}': {len(dropped)} of {len(dataset)} images dropped; wrote {len(ids)} ids to "
                       f"{out}. To leave them out of search and promote, set `exclude: {named}` in {spec.source}",
                       soft_wrap=True)

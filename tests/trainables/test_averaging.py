@@ -12,6 +12,7 @@ from automl.config import TrialConfig
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
 from automl.data.stats import label_stats
+from automl.errors import UserError
 from automl.space import load_space
 from trainables.averaging import WeightAveraging, first_swa_epoch
 from trainables.data import TrainData
@@ -27,20 +28,25 @@ def set_weights(model: torch.nn.Module, value: float) -> None:
     with torch.no_grad():
         model[1].weight.fill_(value)
         model[1].bias.fill_(-value)
+        model[0].running_mean.fill_(10 * value)
+        model[0].num_batches_tracked.fill_(int(value))
 
 
-def test_the_ema_is_the_decayed_average_of_the_weights_after_each_step():
+def test_the_ema_is_the_warmed_up_decayed_average_of_weights_and_buffers_after_each_step():
     model = linear_with_norm()
     averaging = WeightAveraging(model, epochs=1, ema=0.9)
     expected = None
-    for value in (1.0, 2.0, 4.0):
+    for updates, value in enumerate((1.0, 2.0, 4.0)):
         set_weights(model, value)
         averaging.after_batch(model)
-        expected = value if expected is None else 0.9 * expected + 0.1 * value  # the first update copies
+        decay = min(0.9, (1 + updates) / (10 + updates))  # 2/11, then 3/12: recent weights count from the start
+        expected = value if expected is None else decay * expected + (1 - decay) * value  # the first update copies
     validated = averaging.model_after_epoch(model, 1, batches=lambda: [])
     assert validated is not model
     assert validated[1].weight[0].tolist() == pytest.approx([expected, expected])
     assert validated[1].bias.item() == pytest.approx(-expected)
+    assert validated[0].running_mean.tolist() == pytest.approx([10 * expected] * 2)  # buffers averaged too
+    assert validated[0].num_batches_tracked.item() == 4  # an integer buffer is copied, not averaged
     assert model[1].weight[0, 0].item() == 4.0  # the trained model is left alone
 
 
@@ -63,7 +69,7 @@ def test_swa_is_the_mean_of_the_averaged_epochs_with_batchnorm_statistics_recomp
     assert average[1].bias.item() == pytest.approx(-4.0)
     # the statistics of the training inputs, not the BatchNorm's initial zeros and ones
     assert average[0].running_mean.tolist() == pytest.approx([4.0, 40.0])
-    assert model[0].running_mean.tolist() == pytest.approx([0.0, 0.0])
+    assert model[0].running_mean.tolist() == pytest.approx([50.0, 50.0])  # the trained model's own, untouched
 
 
 def test_ema_and_swa_are_trial_config_keys_a_space_can_search(tmp_path):
@@ -73,13 +79,19 @@ def test_ema_and_swa_are_trial_config_keys_a_space_can_search(tmp_path):
         TrialConfig(train={"ema": 0.99, "swa": {"start": 0.75}})
     with pytest.raises(ValueError):
         TrialConfig(train={"ema": 1.0})
-    path = tmp_path / "averaging.yaml"
-    path.write_text("extends: hybrid_loss\nparams:\n  train.ema: {type: categorical, choices: [null, 0.99]}\n"
+    ema = tmp_path / "ema.yaml"
+    ema.write_text("extends: hybrid_loss\nparams:\n  train.ema: {type: categorical, choices: [null, 0.99]}\n")
+    assert load_space(ema, median_side=64).trial_config({"train.ema": 0.99}).train.ema == 0.99
+    swa = tmp_path / "swa.yaml"
+    swa.write_text("extends: hybrid_loss\nparams:\n  train.swa.start: {type: categorical, choices: [null, 0.75]}\n")
+    space = load_space(swa, median_side=64)
+    assert space.trial_config({"train.swa.start": None}).train.swa is None  # SWA off is a choice
+    assert space.trial_config({"train.swa.start": 0.75}).train.swa.start == 0.75
+    both = tmp_path / "both.yaml"
+    both.write_text("extends: hybrid_loss\nparams:\n  train.ema: {type: categorical, choices: [null, 0.99]}\n"
                     "  train.swa.start: {type: float, low: 0.5, high: 0.9}\n")
-    space = load_space(path, median_side=64)
-    assert {"train.ema", "train.swa.start"} <= set(space.distributions())
-    assert space.trial_config({"train.ema": 0.99}).train.ema == 0.99
-    assert space.trial_config({"train.swa.start": 0.7}).train.swa.start == 0.7
+    with pytest.raises(UserError, match="exclude each other"):
+        load_space(both, median_side=64)
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,19 @@ def test_the_mixing_sets_are_registered_and_draw_a_second_sample_in_training(tmp
         assert not torch.equal(image, plain_image)  # a box of another sample landed in it
         outside = (image == plain_image).all(0)
         assert torch.equal(mask[:, outside], plain_mask[:, outside])
+
+
+def test_copy_paste_never_pastes_ignored_pixels():
+    np.random.seed(0)
+    mixer = CopyPaste(p=1.0, ignore_index=255)
+    other = np.zeros((2, H, W), np.uint8)
+    other[0, :4] = 1  # an object
+    other[:, 10:] = 255  # ignored in every channel
+    for _ in range(10):
+        _, mask = mixer.mix(np.zeros((H, W, 3), np.uint8), np.zeros((2, H, W), np.uint8), np.ones((H, W, 3), np.uint8), other)
+        assert (mask[:, :4] == other[:, :4]).all() and (mask[:, 4:] == 0).all()
+    labels = np.zeros((H, W), np.uint8)
+    labels[:4], labels[10:] = 2, 255
+    for _ in range(10):
+        _, mask = mixer.mix(np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.uint8), np.ones((H, W, 3), np.uint8), labels)
+        assert (mask[:4] == 2).all() and (mask[4:] == 0).all()

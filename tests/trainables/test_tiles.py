@@ -44,6 +44,18 @@ def test_a_pointwise_model_gives_the_same_output_tiled_and_whole(tta):
     torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
 
 
+def test_tta_at_scale_1_pads_a_side_that_is_not_a_multiple_of_32_instead_of_resampling_it():
+    from trainables.models import segment
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Upsample(scale_factor=2))
+    x = torch.randn(1, 3, 101, 101)
+    expected = segment(model, x).sigmoid()
+    torch.testing.assert_close(tta_probabilities(model, x, "binary", "none"), expected)
+    flipped = segment(model, x.flip(-1)).sigmoid().flip(-1)
+    torch.testing.assert_close(tta_probabilities(model, x, "binary", "flip"), (expected + flipped) / 2)
+
+
 def test_a_model_with_context_blends_tiles_without_seams():
     """A 5x5 smoothing conv sees across tile borders: tiled and whole differ only near tile borders, and
     the Gaussian blend keeps the difference small; overlap 0 shows what blending avoids."""
