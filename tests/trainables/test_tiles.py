@@ -73,16 +73,19 @@ def test_a_model_with_context_blends_tiles_without_seams():
 
 
 PEAK = """
-import resource, sys, torch, segmentation_models_pytorch as smp
+import sys, torch, segmentation_models_pytorch as smp
 from trainables.infer import tiled_probabilities
+def hwm():  # VmHWM of this process (ru_maxrss would carry the parent's peak across exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024
+
 torch.set_num_threads(2)
 side, tile = int(sys.argv[1]), int(sys.argv[2])
 model = smp.Unet("resnet18", encoder_weights=None, classes=4).eval()
 x = torch.randn(1, 3, side, side)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 with torch.no_grad():
     out = tiled_probabilities(lambda t: model(t).softmax(1), x, tile) if tile else model(x).softmax(1)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(hwm() - before)
 """
 
 
@@ -107,18 +110,20 @@ def test_tiles_keep_the_models_memory_flat_in_the_image_size():
 
 
 VINES_PEAK = """
-import glob, resource, sys, numpy as np, torch, segmentation_models_pytorch as smp
+import glob, sys, numpy as np, torch, segmentation_models_pytorch as smp
 from automl.data.formats import read_image
 from trainables.infer import tiled_probabilities
 from trainables.train import Normalizer
+def hwm():  # VmHWM of this process (ru_maxrss would carry the parent's peak across exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024
 torch.set_num_threads(2)
 image = read_image(sorted(glob.glob(sys.argv[1] + "/images/*"))[0])
 model = smp.Unet("resnet18", encoder_weights=None, classes=5).eval()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 x = Normalizer(torch.device("cpu"), False)(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None])
 with torch.no_grad():
     out = tiled_probabilities(lambda tiles: model(tiles).softmax(1), x, 512, 0.25, batch=4)
-print(image.shape, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(image.shape, hwm() - before)
 """
 
 
