@@ -475,13 +475,17 @@ def decide_selection(library: Library, max_size: int, bags: int, seed: int) -> S
 
 def choose(library: Library, max_size: int, bags: int, seed: int
            ) -> tuple[Selection, CrossValidated, CrossValidated]:
-    """The final selection (made on all OOF images), the cross-validated score of the selection strategy
-    (nested: each outer fold's selection compares ensemble and best single on the other folds only) and
-    the cross-validated score of the best single model. The reported score is never the larger of two
-    held-out scores, so it can fall a little below best_single by chance."""
+    """The final selection (made on all OOF images), the cross-validated score of what it stands for
+    and the cross-validated score of the best single model. The selection strategy is cross-validated
+    nested (each outer fold's selection compares ensemble and best single on the other folds only); if it
+    still scores below the best single model, the best single model is the final choice and its score the
+    reported one, so the score never falls below best_single. Taking the larger of two held-out scores
+    is slightly optimistic, by at most the gap between them (ensemble.json keeps `fell_back_to_best_single`)."""
     strategy = cross_validate(library, lambda part: decide_selection(part, max_size, bags, seed).decision,
                               per_image=True)
-    best_single = cross_validate(library, decide_best_single)
+    best_single = cross_validate(library, decide_best_single, per_image=True)
+    if strategy.score < best_single.score:
+        return Selection(decide_best_single(library), [], fell_back=True), best_single, best_single
     return decide_selection(library, max_size, bags, seed), strategy, best_single
 
 

@@ -214,3 +214,19 @@ def test_a_hard_vote_decides_each_member_after_upsampling():
     np.testing.assert_array_equal(majority, full[0])
     score, _ = decision_scores(library, Decision(np.ones(3), order=[0, 1, 2], min_votes=2), original=True)
     assert score == pytest.approx((10 * 12 + 3 * 16) / (10 * 12 + 4 * 16))
+
+
+def test_a_strategy_that_scores_below_the_best_single_model_out_of_fold_gives_way_to_it(labels, monkeypatch):
+    """Whatever the nested selection does, the final choice and score are the best single model's when it
+    cross-validates higher: the reported score never falls below best_single."""
+    import automl.ensemble as ensemble_module
+
+    good = np.where(labels == 1, 0.9, 0.1)
+    bad = np.where(labels == 1, 0.2, 0.8)
+    library = with_folds(binary_library([bad, good], labels))
+    worst = ensemble_module.Selection(ensemble_module.Decision(np.array([1.0, 0.0])), [])  # the bad model alone
+    monkeypatch.setattr(ensemble_module, "decide_selection", lambda *args, **kwargs: worst)
+    selection, ensemble, best_single = choose(library, max_size=5, bags=1, seed=0)
+    assert selection.fell_back and selection.decision.weights.tolist() == [0.0, 1.0]
+    assert ensemble.score == best_single.score == pytest.approx(1.0)
+    assert len(ensemble.per_image) == N
