@@ -96,11 +96,16 @@ def dropped_by_area(rule: DropRule, stats: LabelStats) -> list[str]:
     return [stats.ids[i] for i in np.flatnonzero(rule.selects(z).any(axis=1))]  # NaN (class absent) never selects
 
 
-def dropped_by_oof(rule: DropRule, per_image_csv: Path | None, known_ids: set[str]) -> list[str]:
+def require_oof_scores(per_image_csv: str | Path | None) -> Path:
+    """The study's ensemble_per_image.csv, or one line saying how to make it."""
     if per_image_csv is None or not Path(per_image_csv).is_file():
         raise UserError(f"no per-image OOF scores ({per_image_csv or 'no --study given'}): the oof rule reads "
                         f"the ensemble's ensemble_per_image.csv", key="--drop",
                         fix="run `automl ensemble STUDY` first and pass --study STUDY [--runs-dir DIR]")
+    return Path(per_image_csv)
+
+
+def dropped_by_oof(rule: DropRule, per_image_csv: Path, known_ids: set[str]) -> list[str]:
     scores = pd.read_csv(per_image_csv, dtype={"id": str})
     scores = scores[scores["id"].isin(known_ids)]
     return scores.loc[rule.selects(scores["score"].to_numpy()), "id"].tolist()
@@ -142,7 +147,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     require_positive("--z", z, fix="e.g. --z 3 (or 1.2 to flag more)")
     rule = DropRule.parse(drop) if drop else None
     if rule and rule.measure == "oof":
-        dropped_by_oof(rule, per_image_csv, set())  # fails now, before the audit, if the scores are missing
+        per_image_csv = require_oof_scores(per_image_csv)  # before the audit's work, not after it
     dataset = SegmentationDataset.from_yaml(dataset_yaml, strict=False)
     spec = dataset.spec
     stats = label_stats(dataset)
