@@ -209,6 +209,29 @@ def promote_command(
                                max_concurrent=max_concurrent, address=address), echo=console.print)
 
 
+@app.command("refit")
+def refit_command(
+    study: str = typer.Argument(..., help="The study name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    models: Optional[str] = typer.Option(None, help="Refit these promoted models (e.g. trial0003,7) instead of "
+                                                    "the ensemble's members."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: each model's promote epochs)."),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs per model."),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per model; fractions share a GPU."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Models training at once."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster."),
+) -> None:
+    """Train each ensemble member once more on every training image; predict then uses those models."""
+    from automl.refit import RefitOptions, run_refit
+
+    names = [part.strip() for part in models.split(",") if part.strip()] if models else None
+    if models is not None and not names:
+        raise UserError("--models names no model", key="--models", fix="e.g. --models trial0003,trial0007")
+    run_refit(RefitOptions(study=study, runs_dir=runs_dir, models=names, epochs=epochs, cpus_per_trial=cpus_per_trial,
+                           gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, address=address),
+              echo=console.print)
+
+
 @app.command("ensemble")
 def ensemble_command(
     study: str = typer.Argument(..., help="The study name."),
@@ -239,9 +262,11 @@ def predict_command(
     tile: Optional[int] = typer.Option(None, help="Predict resized images larger than this in tiles of this "
                                                   "side (Gaussian-blended), e.g. the training crop."),
     overlap: float = typer.Option(0.25, help="Overlap of neighbouring tiles, as a fraction of a tile."),
+    checkpoints: str = typer.Option("auto", help="folds: each member's fold models; refit: its model refit on all "
+                                                 "images (`automl refit`); auto: refit when every member has one."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
 ) -> None:
-    """Predict with the ensemble's fold checkpoints and TTA; write a submission."""
+    """Predict with the ensemble's checkpoints and TTA; write a submission."""
     from automl.predict import run_predict
 
     try:
@@ -250,7 +275,7 @@ def predict_command(
         raise UserError(f"expected numbers like 0.75,1,1.25, got '{scales}'", key="--scales") from None
     run_predict(runs_dir, study, images, out, format=format, tta=tta, scales=scale_values, batch=batch, model=model,
                 evaluate=evaluate, single_polygon=single_polygon, rle_order=rle_order, tile=tile, overlap=overlap,
-                echo=console.print)
+                checkpoints=checkpoints, echo=console.print)
 
 
 @app.command("report")

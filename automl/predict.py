@@ -1,4 +1,4 @@
-"""`automl predict`: every fold checkpoint of every ensemble member, TTA undone and averaged in probability
+"""`automl predict`: every fold checkpoint (or the refit model) of every ensemble member, TTA undone and averaged in probability
 space with the ensemble weights, back to each image's original size, thresholds and postprocessing applied,
 written by a submission writer. Images stream through in batches: memory does not grow with their number.
 """
@@ -47,12 +47,28 @@ class Member:
         return self.config.model.in_channels
 
 
-def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, model: str | None
-                 ) -> tuple[list[Member], dict]:
-    """The ensemble (or one promoted model) with all its fold checkpoints loaded on `device`."""
+CHECKPOINTS = ("auto", "folds", "refit")
+
+
+def use_refit(paths, names: list[str], checkpoints: str) -> bool:
+    """auto: the refit models when every member has one (`automl refit`), else the fold models."""
+    missing = [name for name in names if not paths.is_refit(name)]
+    if checkpoints == "refit" and missing:
+        raise UserError(f"{', '.join(missing)} has no refit model", key="--checkpoints",
+                        fix="run `automl refit STUDY` first, or pass --checkpoints folds")
+    return checkpoints == "refit" or (checkpoints == "auto" and not missing)
+
+
+def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, model: str | None,
+                 checkpoints: str = "auto") -> tuple[list[Member], dict]:
+    """The ensemble (or one promoted model) with its checkpoints loaded on `device`: each member's fold
+    models, or its refit model (see use_refit)."""
     from automl.promoted import PromotedPaths, model_name
     from trainables.train import build_model, flip_policy, load_checkpoint
 
+    if checkpoints not in CHECKPOINTS:
+        raise UserError(f"unknown --checkpoints '{checkpoints}'", key="--checkpoints",
+                        fix=f"use one of {', '.join(CHECKPOINTS)}")
     paths = PromotedPaths(run.root)
     if not paths.plan.exists():
         raise UserError(f"study '{run.study}' has no promoted models", key="STUDY",
@@ -72,13 +88,14 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
         ensemble = EnsembleResult.load(ensemble_file)
         chosen = list(zip(ensemble.members, ensemble.weights))
         decisions = {"thresholds": ensemble.thresholds, "postprocess": ensemble.postprocess}
+    refit = use_refit(paths, [name for name, _ in chosen], checkpoints)
     members = []
     for name, weight in chosen:
         config = TrialConfig(**plan.models[name].config)
-        networks = [load_checkpoint(build_model(config, spec.num_outputs), paths.checkpoint(name, k))
-                    .to(device).eval() for k in range(plan.folds)]
+        files = [paths.refit_checkpoint(name)] if refit else [paths.checkpoint(name, k) for k in range(plan.folds)]
+        networks = [load_checkpoint(build_model(config, spec.num_outputs), f).to(device).eval() for f in files]
         members.append(Member(name, weight, config, networks, flip_policy(config, spec)))
-    return members, {**decisions, "eval_size": plan.eval_size}
+    return members, {**decisions, "eval_size": plan.eval_size, "refit": refit}
 
 
 def list_prediction_images(images: str | Path) -> list[Path]:
@@ -162,7 +179,7 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
                 tta: str = "none", scales: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5), batch: int = 8,
                 model: str | None = None, evaluate: str | Path | None = None, single_polygon: bool = False,
                 rle_order: str = "row", tile: int | None = None, overlap: float = 0.25,
-                echo: Callable[[str], None] = print) -> dict:
+                checkpoints: str = "auto", echo: Callable[[str], None] = print) -> dict:
     from trainables.train import pick_device
 
     if format not in FORMATS:
@@ -184,13 +201,14 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
     spec = load_dataset_spec(settings.dataset)
     paths = list_prediction_images(images)
     device = pick_device()
-    members, decisions = load_members(run, spec, device, model)
+    members, decisions = load_members(run, spec, device, model, checkpoints)
     evaluation = Evaluation(evaluate) if evaluate else None
     class_names = ["foreground"] if spec.task == "binary" and len(spec.classes) > 1 else spec.class_names
     writer = create_writer(format, Path(out), spec.task, class_names, single_polygon=single_polygon,
                            rle_order=rle_order)
     echo(f"predicting {len(paths)} images with {', '.join(f'{m.name} x{m.weight:.2f}' for m in members)} "
-         f"({sum(len(m.networks) for m in members)} checkpoints), TTA {tta}"
+         f"({sum(len(m.networks) for m in members)} checkpoints: "
+         f"{'refit on all training images' if decisions['refit'] else 'the fold models'}), TTA {tta}"
          + (f", tiles of {tile} px overlapping {overlap:.0%}" if tile else ""))
     if tta != "none":
         for line in sorted({flip_note(member.flips) for member in members} - {""}):

@@ -167,9 +167,7 @@ def check_promote_options(options: PromoteOptions) -> None:
 
 def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) -> dict:
     import optuna
-    from ray import tune
 
-    from automl.search import SearchOptions, start_ray
     from automl.study_storage import open_storage
 
     check_promote_options(options)
@@ -203,24 +201,32 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
         from automl.data.cache import prebuild
 
         prebuild(dataset, [TrialConfig(**config).data.resize for config in configs.values()])
-        started_ray = start_ray(SearchOptions(address=options.address, verbose=options.verbose))
-        try:
-            context = FoldContext(str(run.root), settings.dataset, configs, splits.__dict__, eval_size,
-                                  max(1, int(options.cpus_per_trial)))
-            trainable = tune.with_resources(tune.with_parameters(run_fold, context=context),
-                                            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
-            tuner = tune.Tuner(trainable, param_space={"job": tune.grid_search(jobs)},
-                               tune_config=tune.TuneConfig(num_samples=1,
-                                                           max_concurrent_trials=options.max_concurrent),
-                               run_config=tune.RunConfig(name=f"promote-{int(time.time())}",
-                                                         storage_path=str(run.root / "ray"), verbose=0))
-            tuner.fit()
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
+        context = FoldContext(str(run.root), settings.dataset, configs, splits.__dict__, eval_size,
+                              max(1, int(options.cpus_per_trial)))
+        run_jobs(run_fold, context, jobs, options, run.root, "promote")
     return summarize(paths, configs, splits, eval_size, dataset.spec.num_outputs, echo)
+
+
+def run_jobs(worker: Callable, context, jobs: list[dict], options, study_dir: Path, name: str) -> None:
+    """One Ray Tune trial per job (config["job"]), with the options' resources; Ray started if needed."""
+    from ray import tune
+
+    from automl.search import SearchOptions, start_ray
+
+    started_ray = start_ray(SearchOptions(address=options.address, verbose=options.verbose))
+    try:
+        trainable = tune.with_resources(tune.with_parameters(worker, context=context),
+                                        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+        tuner = tune.Tuner(trainable, param_space={"job": tune.grid_search(jobs)},
+                           tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=options.max_concurrent),
+                           run_config=tune.RunConfig(name=f"{name}-{int(time.time())}",
+                                                     storage_path=str(study_dir / "ray"), verbose=0))
+        tuner.fit()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def summarize(paths: PromotedPaths, configs: dict, splits: Splits, eval_size, num_outputs: int, echo) -> dict:

@@ -52,6 +52,17 @@ class FoldResult(BaseModel):
     node_id: str | None = None  # the Ray node that trained it
 
 
+class RefitResult(BaseModel):
+    """promoted/<model>/full/done.json: the model's config trained once on every training image (no image
+    held out, so no score), written last."""
+
+    model: str
+    epochs: int
+    images: int  # training images (the dataset minus its exclusion list)
+    steps: int
+    checkpoint: str = "final.pt"
+
+
 def load_record(cls: type[Record], path: Path, fix: str) -> Record:
     try:
         return cls.model_validate(store.read_json(path))
@@ -76,6 +87,19 @@ class PromotedPaths:
 
     def checkpoint(self, model: str, fold: int) -> Path:
         return self.fold_dir(model, fold) / self.fold_result(model, fold).checkpoint
+
+    def refit_dir(self, model: str) -> Path:
+        return self.root / "promoted" / model / "full"
+
+    def is_refit(self, model: str) -> bool:
+        return (self.refit_dir(model) / "done.json").exists()
+
+    def refit_result(self, model: str) -> RefitResult:
+        return load_record(RefitResult, self.refit_dir(model) / "done.json",
+                           fix=f"remove {self.refit_dir(model)} and rerun `automl refit` to retrain it")
+
+    def refit_checkpoint(self, model: str) -> Path:
+        return self.refit_dir(model) / self.refit_result(model).checkpoint
 
     def oof(self, model: str) -> tuple[Path, Path]:
         return self.root / "oof" / f"{model}.npy", self.root / "oof" / f"{model}.json"

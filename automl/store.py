@@ -82,11 +82,12 @@ class RunDir:
 
     def images_trained(self, promoted: bool = True) -> int:
         """Images that went through a training step (the compute), summed over every trial's metrics.csv
-        and, with `promoted`, every promoted fold's."""
+        and, with `promoted`, every promoted fold's and refit model's."""
         import csv
 
         files = [*self.root.glob("trials/*/metrics.csv")]
-        files += [*self.root.glob("promoted/*/fold*/metrics.csv")] if promoted else []
+        files += [*self.root.glob("promoted/*/fold*/metrics.csv"), *self.root.glob("promoted/*/full/metrics.csv")
+                  ] if promoted else []
         total = 0
         for path in files:
             with open(path, newline="") as f:

@@ -236,3 +236,59 @@ print("HEAVY", heavy, "STATUS_SECONDS", round(status_seconds, 2))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HEAVY [] STATUS_SECONDS" in result.stdout, result.stdout[-2000:]
+
+
+def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promoted, run_cli, tmp_path):
+    """Last in this file: once refit, `predict` on this study uses the refit models by default."""
+    from automl.predict import run_predict
+    from automl.promoted import PromotedPaths
+    from automl.refit import RefitOptions, run_refit
+    from automl.store import RunDir
+
+    runs, dataset = promoted["runs"], promoted["dataset"]
+    paths, members = PromotedPaths(runs / "p"), promoted["ensemble"]["members"]
+    images = dataset.spec.root / "images"
+    before = run_predict(runs, "p", images, tmp_path / "folds.csv", evaluate=dataset.spec.source,
+                         echo=lambda line: None)
+    trained_before = RunDir(runs, "p").images_trained()
+    code, _, err = run_cli("predict", "p", "--runs-dir", runs, "--images", images, "--out", tmp_path / "x.csv",
+                           "--checkpoints", "refit")
+    assert code == 2 and "has no refit model" in err and "automl refit" in err
+    lines: list[str] = []
+    results = run_refit(RefitOptions(study="p", runs_dir=runs), echo=lines.append)
+    assert sorted(results) == sorted(set(members)), lines
+    refit_images = 0
+    for name, result in results.items():
+        history = pd.read_csv(paths.refit_dir(name) / "metrics.csv")
+        # every image trains, none is held out: an epoch is max(one pass of all 24, min_steps x batch) images
+        assert result.images == len(dataset) == 24 and result.epochs == len(history) == 2
+        assert (history["train_images"] >= len(dataset)).all() and history["score"].isna().all()
+        assert result.steps == history["steps"].iloc[-1] and paths.refit_checkpoint(name).name == "final.pt"
+        refit_images += int(history["train_images"].sum())
+    assert RunDir(runs, "p").images_trained() == trained_before + refit_images  # the compute counts it
+    stamps = {name: digest(paths.refit_checkpoint(name)) for name in results}
+    run_refit(RefitOptions(study="p", runs_dir=runs), echo=lines.append)  # done models are not retrained
+    assert stamps == {name: digest(paths.refit_checkpoint(name)) for name in results}
+    said: list[str] = []
+    after = run_predict(runs, "p", images, tmp_path / "refit.csv", evaluate=dataset.spec.source, echo=said.append)
+    assert "refit on all training images" in said[0] and f"({len(set(members))} checkpoints" in said[0]
+    assert after["evaluation"]["images"] == before["evaluation"]["images"] == len(dataset)
+    assert (tmp_path / "refit.csv").read_text() != (tmp_path / "folds.csv").read_text()
+    again = run_predict(runs, "p", images, tmp_path / "folds2.csv", checkpoints="folds", echo=lambda line: None)
+    assert again["images"] == len(dataset)
+    assert (tmp_path / "folds2.csv").read_text() == (tmp_path / "folds.csv").read_text()
+
+
+def test_refit_refuses_a_plateau_schedule_and_unknown_models(promoted):
+    from automl.errors import UserError
+    from automl.promoted import PromotedPaths
+    from automl.refit import models_to_refit, refit_config
+    from automl.store import RunDir
+
+    config = {"schedule": {"name": "plateau"}}
+    with pytest.raises(UserError, match="plateau"):
+        refit_config(config, None, "trial0001")
+    assert refit_config({"train": {"epochs": 3}}, 7, "t")["train"]["epochs"] == 7
+    run = RunDir(promoted["runs"], "p")
+    with pytest.raises(UserError, match="no promoted model trial0099"):
+        models_to_refit(run, PromotedPaths(run.root), ["99"])

@@ -215,8 +215,11 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
         with torch.autocast(device.type, enabled=amp):
             evaluated = averaging.model_after_epoch(model, epoch, training_inputs)
         meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)
-        score, per_class, val_loss = evaluate(evaluated, val_loader, loss_fn, normalize, meter, amp)
-        schedule.after_epoch(score)
+        if data.val_indices:
+            score, per_class, val_loss = evaluate(evaluated, val_loader, loss_fn, normalize, meter, amp)
+            schedule.after_epoch(score)
+        else:  # a refit on every image: nothing held out to score
+            score, per_class, val_loss = float("nan"), np.array([]), float("nan")
         steps += len(train_loader)
         yield Epoch(epoch, {"epoch": epoch, "score": score, "metric": METRIC_NAME[spec.task],
                             "train_loss": train_loss, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"],

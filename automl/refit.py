@@ -1,0 +1,128 @@
+"""`automl refit`: each chosen model's config trained once more, on every training image, for `predict`.
+
+The fold models each saw (K-1)/K of the images; their out-of-fold predictions are what the ensemble's
+members, weights, thresholds and postprocessing were chosen on, and what its score estimates. A refit
+model (AutoGluon's `refit_full`) trains the same config on all the images, with no image held out: no
+score of its own, one network per member at predict time instead of K. `predict` uses the refit models
+when every ensemble member has one (`--checkpoints folds` to use the fold models instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from automl import store
+from automl.config import TrialConfig, load_dataset_spec
+from automl.data.dataset import SegmentationDataset
+from automl.ensemble import EnsembleResult
+from automl.errors import UserError, require_at_least, require_positive
+from automl.promoted import PromotedPaths, RefitResult, model_name
+
+
+@dataclass
+class RefitOptions:
+    study: str
+    runs_dir: Path = Path("runs")
+    models: list[str] | None = None  # default: the ensemble's members
+    epochs: int | None = None  # default: each model's promote epochs
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class RefitContext:
+    study_dir: str
+    dataset: str
+    configs: dict[str, dict]  # model name -> TrialConfig as JSON, with the refit epochs
+    threads: int
+
+
+def run_refit_job(config: dict[str, Any], context: RefitContext) -> None:
+    """In a Ray worker: train one model on every training image and keep its final checkpoint."""
+    import torch
+    from ray import tune
+
+    from trainables.data import TrainData
+    from trainables.train import train
+
+    torch.set_num_threads(max(1, context.threads))
+    model = config["job"]["model"]
+    out = PromotedPaths(context.study_dir).refit_dir(model)
+    trial_config = TrialConfig(**context.configs[model])
+    dataset = SegmentationDataset(load_dataset_spec(context.dataset))
+    data = TrainData(dataset, list(range(len(dataset))), [])
+    result = train(trial_config, data, lambda epoch, m: tune.report({"epoch": epoch, "steps": m["steps"]}),
+                   out_dir=out, keep="final")
+    done = RefitResult(model=model, epochs=result.epochs_run, images=len(dataset),
+                       steps=int(result.history[-1]["steps"]), checkpoint=result.checkpoint.name)
+    store.write_json(out / "done.json", done.model_dump(mode="json"))
+
+
+def models_to_refit(run: store.RunDir, paths: PromotedPaths, named: list[str] | None) -> list[str]:
+    plan = paths.load_plan()
+    if named:
+        names = [model_name(int(n)) if n.isdigit() else n for n in named]
+        unknown = [n for n in names if n not in plan.models]
+        if unknown:
+            raise UserError(f"no promoted model {', '.join(unknown)}", key="--models",
+                            fix=f"use names from promote.json: {', '.join(plan.models)}")
+        return list(dict.fromkeys(names))
+    ensemble_file = run.root / "ensemble.json"
+    if not ensemble_file.exists():
+        raise UserError(f"study '{run.study}' has no ensemble to refit", key="STUDY",
+                        fix=f"run `automl ensemble {run.study}` first, or pass --models trial0003,...")
+    return list(dict.fromkeys(EnsembleResult.load(ensemble_file).members))
+
+
+def refit_config(config: dict, epochs: int | None, name: str) -> dict:
+    parsed = TrialConfig(**config)
+    if parsed.schedule.name == "plateau":
+        raise UserError(f"{name} uses the plateau schedule, which lowers the learning rate when the validation "
+                        f"score stalls; a refit holds no image out to score", key="--models",
+                        fix="refit the other members (--models), or predict with the fold models")
+    if epochs is not None:
+        config = {**config, "train": {**config.get("train", {}), "epochs": epochs}}
+    return config
+
+
+def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dict[str, RefitResult]:
+    from automl.promote import run_jobs
+
+    require_at_least("--epochs", options.epochs, 1)
+    require_at_least("--max-concurrent", options.max_concurrent, 1)
+    require_positive("--cpus-per-trial", options.cpus_per_trial)
+    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+    run = store.RunDir(options.runs_dir, options.study)
+    settings = run.settings()
+    paths = PromotedPaths(run.root)
+    if not paths.plan.exists():
+        raise UserError(f"study '{options.study}' has no promoted models", key="STUDY",
+                        fix=f"run `automl promote {options.study}` first")
+    plan = paths.load_plan()
+    names = models_to_refit(run, paths, options.models)
+    configs = {name: refit_config(plan.models[name].config, options.epochs, name) for name in names}
+    dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
+    jobs = [{"model": name} for name in names if not paths.is_refit(name)]
+    echo(f"refitting {', '.join(names)} on all {len(dataset)} training images "
+         f"({', '.join(str(TrialConfig(**c).train.epochs) for c in configs.values())} epochs); "
+         f"{len(names) - len(jobs)} already done, {len(jobs)} to train")
+    if jobs:
+        from automl.data.cache import prebuild
+
+        prebuild(dataset, [TrialConfig(**configs[job['model']]).data.resize for job in jobs])
+        context = RefitContext(str(run.root), settings.dataset, configs, max(1, int(options.cpus_per_trial)))
+        run_jobs(run_refit_job, context, jobs, options, run.root, "refit")
+    results = {}
+    for name in names:
+        if not paths.is_refit(name):
+            echo(f"{name}: the refit did not finish (see {paths.refit_dir(name)}); rerun `automl refit` to retry")
+            continue
+        results[name] = paths.refit_result(name)
+        echo(f"{name}: {results[name].epochs} epochs, {results[name].steps} steps on {results[name].images} "
+             f"images -> {paths.refit_checkpoint(name)}")
+    return results
