@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from automl import store  # noqa: E402
 from automl.config import MIN_STEPS_PER_EPOCH, FlipPolicy  # noqa: E402
-from automl.promoted import FoldResult  # noqa: E402
+from automl.promoted import FoldResult, RefitResult  # noqa: E402
 
 SECTIONS = ("summary", "leaderboard", "history", "importance", "rungs", "parallel", "loss-weights", "folds",
             "ensemble", "per-class", "worst", "audit")
@@ -200,7 +200,12 @@ def folds_section(root: Path) -> str:
         return section("folds", "Promoted models", empty("No promote run yet: run automl promote."))
     frame = pd.DataFrame(rows)
     means = frame.groupby("model")["score"].agg(["mean", "std", "count"]).reset_index()
-    return section("folds", "Promoted models: fold scores", table(frame) + "<h3>per model</h3>" + table(means))
+    refits = [RefitResult.model_validate(store.read_json(done)).model_dump()
+              for done in sorted(root.glob("promoted/*/full/done.json"))]
+    refit = ("<h3>refit on every training image (what predict uses; no held-out score)</h3>"
+             + table(pd.DataFrame(refits)) if refits else "")
+    return section("folds", "Promoted models: fold scores", table(frame) + "<h3>per model</h3>" + table(means)
+                   + refit)
 
 
 def ensemble_section(ensemble: dict | None, metric: str) -> str:

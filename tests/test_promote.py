@@ -277,6 +277,9 @@ def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promot
     again = run_predict(runs, "p", images, tmp_path / "folds2.csv", checkpoints="folds", echo=lambda line: None)
     assert again["images"] == len(dataset)
     assert (tmp_path / "folds2.csv").read_text() == (tmp_path / "folds.csv").read_text()
+    code, _, err = run_cli("report", "p", "--runs-dir", runs)  # the report says what predict now uses
+    page = (runs / "p" / "report" / "index.html").read_text()
+    assert code == 0 and "refit on every training image" in page and "final.pt" in page, err
 
 
 def test_refit_refuses_a_plateau_schedule_and_unknown_models(promoted):
@@ -292,3 +295,4 @@ def test_refit_refuses_a_plateau_schedule_and_unknown_models(promoted):
     run = RunDir(promoted["runs"], "p")
     with pytest.raises(UserError, match="no promoted model trial0099"):
         models_to_refit(run, PromotedPaths(run.root), ["99"])
+
