@@ -26,6 +26,12 @@ class UserError(Exception):
         return " ".join(text.split())  # always one line, whatever the pieces held
 
 
+class RunFailed(UserError):
+    """A job crashed (not the user's input): one line naming where to look, exit code 1."""
+
+    exit_code = 1
+
+
 def require_at_least(key: str, value: float | None, minimum: float, fix: str | None = None) -> None:
     """A count, size or budget below its minimum (zero or negative) is a user error naming the option."""
     if value is not None and value < minimum:

@@ -25,7 +25,7 @@ from automl.ensemble import EnsembleResult
 from automl.errors import UserError, require_at_least
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from automl.postprocess import final_mask, to_original_size
-from automl.submit import FORMATS, create_writer
+from automl.submit import WRITERS, create_writer
 
 TTA_MODES = ("none", "flip", "flip+scale")
 
@@ -88,14 +88,17 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
         ensemble = EnsembleResult.load(ensemble_file)
         chosen = list(zip(ensemble.members, ensemble.weights))
         decisions = {"thresholds": ensemble.thresholds, "postprocess": ensemble.postprocess}
-    refit = use_refit(paths, [name for name, _ in chosen], checkpoints)
+    names = [name for name, _ in chosen]
+    refit = use_refit(paths, names, checkpoints)
+    partly = [name for name in names if paths.is_refit(name)] if not refit and checkpoints == "auto" else []
     members = []
     for name, weight in chosen:
         config = TrialConfig(**plan.models[name].config)
         files = [paths.refit_checkpoint(name)] if refit else [paths.checkpoint(name, k) for k in range(plan.folds)]
         networks = [load_checkpoint(build_model(config, spec.num_outputs), f).to(device).eval() for f in files]
         members.append(Member(name, weight, config, networks, flip_policy(config, spec)))
-    return members, {**decisions, "eval_size": plan.eval_size, "refit": refit}
+    unrefit = sorted(set(names) - set(partly)) if partly else []
+    return members, {**decisions, "eval_size": plan.eval_size, "refit": refit, "unrefit": unrefit}
 
 
 def list_prediction_images(images: str | Path) -> list[Path]:
@@ -182,8 +185,10 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
                 checkpoints: str = "auto", echo: Callable[[str], None] = print) -> dict:
     from trainables.train import pick_device
 
-    if format not in FORMATS:
-        raise UserError(f"unknown format '{format}'", key="--format", fix=f"use one of {', '.join(FORMATS)}")
+    try:
+        WRITERS.check(format)
+    except ValueError as e:
+        raise UserError(str(e), key="--format", fix=f"use one of {', '.join(WRITERS.names())}") from None
     if tta not in TTA_MODES:
         raise UserError(f"unknown TTA '{tta}'", key="--tta", fix=f"use one of {', '.join(TTA_MODES)}")
     if rle_order not in ("row", "column"):
@@ -210,6 +215,9 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
          f"({sum(len(m.networks) for m in members)} checkpoints: "
          f"{'refit on all training images' if decisions['refit'] else 'the fold models'}), TTA {tta}"
          + (f", tiles of {tile} px overlapping {overlap:.0%}" if tile else ""))
+    if decisions["unrefit"]:
+        echo(f"note: {', '.join(decisions['unrefit'])} has no refit model, so every member predicts with its fold "
+             f"models (`automl refit {study}` refits the rest)")
     if tta != "none":
         for line in sorted({flip_note(member.flips) for member in members} - {""}):
             echo(line)

@@ -58,8 +58,10 @@ class RefitResult(BaseModel):
 
     model: str
     epochs: int
-    images: int  # training images (the dataset minus its exclusion list)
+    promote_epochs: int  # each fold model's, whose OOF predictions the ensemble decided on
+    images: int  # training images: the ids of folds.json, every one of them
     steps: int
+    config: dict  # the TrialConfig it trained with; a different request retrains it
     checkpoint: str = "final.pt"
 
 

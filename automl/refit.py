@@ -17,7 +17,8 @@ from automl import store
 from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.ensemble import EnsembleResult
-from automl.errors import UserError, require_at_least, require_positive
+from automl.data.splits import Splits
+from automl.errors import RunFailed, UserError, require_at_least, require_positive
 from automl.promoted import PromotedPaths, RefitResult, model_name
 
 
@@ -39,6 +40,8 @@ class RefitContext:
     study_dir: str
     dataset: str
     configs: dict[str, dict]  # model name -> TrialConfig as JSON, with the refit epochs
+    promote_epochs: dict[str, int]
+    ids: list[str]  # every image of the promote folds (folds.json): what the ensemble decided on
     threads: int
 
 
@@ -55,11 +58,12 @@ def run_refit_job(config: dict[str, Any], context: RefitContext) -> None:
     out = PromotedPaths(context.study_dir).refit_dir(model)
     trial_config = TrialConfig(**context.configs[model])
     dataset = SegmentationDataset(load_dataset_spec(context.dataset))
-    data = TrainData(dataset, list(range(len(dataset))), [])
+    data = TrainData.from_ids(dataset, context.ids, [])
     result = train(trial_config, data, lambda epoch, m: tune.report({"epoch": epoch, "steps": m["steps"]}),
                    out_dir=out, keep="final")
-    done = RefitResult(model=model, epochs=result.epochs_run, images=len(dataset),
-                       steps=int(result.history[-1]["steps"]), checkpoint=result.checkpoint.name)
+    done = RefitResult(model=model, epochs=result.epochs_run, promote_epochs=context.promote_epochs[model],
+                       images=len(data.train_indices), steps=int(result.history[-1]["steps"]),
+                       config=context.configs[model], checkpoint=result.checkpoint.name)
     store.write_json(out / "done.json", done.model_dump(mode="json"))
 
 
@@ -80,6 +84,7 @@ def models_to_refit(run: store.RunDir, paths: PromotedPaths, named: list[str] | 
 
 
 def refit_config(config: dict, epochs: int | None, name: str) -> dict:
+    """The promoted config, with `epochs` if given; the plateau schedule is refused (it needs scores)."""
     parsed = TrialConfig(**config)
     if parsed.schedule.name == "plateau":
         raise UserError(f"{name} uses the plateau schedule, which lowers the learning rate when the validation "
@@ -107,22 +112,35 @@ def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dic
     names = models_to_refit(run, paths, options.models)
     configs = {name: refit_config(plan.models[name].config, options.epochs, name) for name in names}
     dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
-    jobs = [{"model": name} for name in names if not paths.is_refit(name)]
-    echo(f"refitting {', '.join(names)} on all {len(dataset)} training images "
+    ids = Splits.load(paths.folds, dataset.ids).ids  # refuses a dataset changed since promote
+    stale = [name for name in names if paths.is_refit(name) and paths.refit_result(name).config != configs[name]]
+    jobs = [{"model": name} for name in names if not paths.is_refit(name) or name in stale]
+    for name in stale:  # until retrained, it is not a refit model: predict must not take the old one
+        (paths.refit_dir(name) / "done.json").unlink()
+    promote_epochs = {name: TrialConfig(**plan.models[name].config).train.epochs for name in names}
+    echo(f"refitting {', '.join(names)} on all {len(ids)} training images "
          f"({', '.join(str(TrialConfig(**c).train.epochs) for c in configs.values())} epochs); "
-         f"{len(names) - len(jobs)} already done, {len(jobs)} to train")
+         f"{len(names) - len(jobs)} already done, {len(jobs)} to train"
+         + (f" ({', '.join(stale)}: done with another config, retrained)" if stale else ""))
+    longer = [name for name in names if TrialConfig(**configs[name]).train.epochs != promote_epochs[name]]
+    if longer:
+        echo(f"note: {', '.join(longer)} refit for other epochs than its fold models "
+             f"({', '.join(str(promote_epochs[n]) for n in longer)}); the ensemble's thresholds and postprocessing "
+             f"were chosen on the fold models' OOF predictions, and may suit the refit model less well")
     if jobs:
         from automl.data.cache import prebuild
 
         prebuild(dataset, [TrialConfig(**configs[job['model']]).data.resize for job in jobs])
-        context = RefitContext(str(run.root), settings.dataset, configs, max(1, int(options.cpus_per_trial)))
+        context = RefitContext(str(run.root), settings.dataset, configs, promote_epochs, ids,
+                               max(1, int(options.cpus_per_trial)))
         run_jobs(run_refit_job, context, jobs, options, run.root, "refit")
-    results = {}
-    for name in names:
-        if not paths.is_refit(name):
-            echo(f"{name}: the refit did not finish (see {paths.refit_dir(name)}); rerun `automl refit` to retry")
-            continue
-        results[name] = paths.refit_result(name)
-        echo(f"{name}: {results[name].epochs} epochs, {results[name].steps} steps on {results[name].images} "
-             f"images -> {paths.refit_checkpoint(name)}")
+    failed = [name for name in names if not paths.is_refit(name) or paths.refit_result(name).config != configs[name]]
+    if failed:
+        raise RunFailed(f"the refit of {', '.join(failed)} did not finish; predict keeps using the fold models",
+                        file=paths.refit_dir(failed[0]), fix="see the error in the Ray log under "
+                                                              f"{run.root / 'ray'}; rerun `automl refit` to retry")
+    results = {name: paths.refit_result(name) for name in names}
+    for name, result in results.items():
+        echo(f"{name}: {result.epochs} epochs, {result.steps} steps on {result.images} images -> "
+             f"{paths.refit_checkpoint(name)}")
     return results

@@ -19,8 +19,9 @@ from pycocotools import mask as coco_mask
 
 from automl import store
 from automl.errors import UserError
+from trainables.registry import Registry
 
-FORMATS = ("rle_csv", "coco", "png", "polygon_json")
+WRITERS: Registry[type["Writer"]] = Registry("submission format")
 
 
 def rle_encode(mask: np.ndarray, order: str = "row") -> str:
@@ -82,6 +83,7 @@ class Writer:
         pass
 
 
+@WRITERS.register("rle_csv")
 class RleCsvWriter(Writer):
     def __init__(self, out, task, class_names, **options):
         super().__init__(out, task, class_names, **options)
@@ -101,6 +103,7 @@ class RleCsvWriter(Writer):
         self._atomic.__exit__(None, None, None)
 
 
+@WRITERS.register("coco")
 class CocoWriter(Writer):
     """COCO results: one entry per image x non-empty class, pycocotools RLE and a mean-probability score."""
 
@@ -128,6 +131,7 @@ class CocoWriter(Writer):
         store.write_json(self.out.with_name(self.out.stem + "_images.json"), self.images)
 
 
+@WRITERS.register("png")
 class PngWriter(Writer):
     """Index PNGs in the folder `out` (multilabel: one sub-folder of 0/255 PNGs per class)."""
 
@@ -146,6 +150,7 @@ class PngWriter(Writer):
             tmp.write_bytes(data.tobytes())
 
 
+@WRITERS.register("polygon_json")
 class PolygonJsonWriter(Writer):
     """One JSON per image in the folder `out`, in the polygon_json reader's format."""
 
@@ -158,12 +163,9 @@ class PolygonJsonWriter(Writer):
                                                                  "annotations": annotations}))
 
 
-WRITERS = {"rle_csv": RleCsvWriter, "coco": CocoWriter, "png": PngWriter, "polygon_json": PolygonJsonWriter}
-
-
 def create_writer(name: str, out: Path, task: str, class_names: list[str], **options) -> Writer:
-    if name not in WRITERS:
-        from trainables.registry import unknown_name_message
-
-        raise UserError(unknown_name_message("format", name, WRITERS), key="--format")
-    return WRITERS[name](out, task, class_names, **options)
+    try:
+        writer = WRITERS.get(name)
+    except ValueError as e:
+        raise UserError(str(e), key="--format", fix=f"use one of {', '.join(WRITERS.names())}") from None
+    return writer(out, task, class_names, **options)

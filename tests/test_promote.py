@@ -161,7 +161,7 @@ def test_predict_one_model_to_png_and_coco(promoted, tmp_path):
 def test_predict_explains_bad_input(run_cli, promoted, tmp_path):
     runs = promoted["runs"]
     images = promoted["dataset"].spec.root / "images"
-    for args, message in [(["--format", "xml"], "unknown format 'xml'"), (["--tta", "rotate"], "unknown TTA"),
+    for args, message in [(["--format", "xml"], "unknown submission format 'xml'"), (["--tta", "rotate"], "unknown TTA"),
                           (["--model", "trial9999"], "no promoted model 'trial9999'"),
                           (["--images", tmp_path / "none"], "no image found")]:
         base = {"--images": images, "--out": tmp_path / "x.csv"}
@@ -238,15 +238,25 @@ print("HEAVY", heavy, "STATUS_SECONDS", round(status_seconds, 2))
     assert "HEAVY [] STATUS_SECONDS" in result.stdout, result.stdout[-2000:]
 
 
-def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promoted, run_cli, tmp_path):
-    """Last in this file: once refit, `predict` on this study uses the refit models by default."""
+
+@pytest.fixture
+def refit_study(promoted, tmp_path):
+    """A copy of the promoted study: refitting it changes what predict uses, which other tests rely on."""
+    import shutil
+
+    shutil.copytree(promoted["runs"] / "p", tmp_path / "runs" / "p", ignore=shutil.ignore_patterns("ray", "report"))
+    return tmp_path / "runs"
+
+
+def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promoted, refit_study, run_cli,
+                                                                          tmp_path):
     from automl.predict import run_predict
     from automl.promoted import PromotedPaths
     from automl.refit import RefitOptions, run_refit
     from automl.store import RunDir
 
-    runs, dataset = promoted["runs"], promoted["dataset"]
-    paths, members = PromotedPaths(runs / "p"), promoted["ensemble"]["members"]
+    runs, dataset = refit_study, promoted["dataset"]
+    paths, members = PromotedPaths(runs / "p"), sorted(set(promoted["ensemble"]["members"]))
     images = dataset.spec.root / "images"
     before = run_predict(runs, "p", images, tmp_path / "folds.csv", evaluate=dataset.spec.source,
                          echo=lambda line: None)
@@ -256,13 +266,14 @@ def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promot
     assert code == 2 and "has no refit model" in err and "automl refit" in err
     lines: list[str] = []
     results = run_refit(RefitOptions(study="p", runs_dir=runs), echo=lines.append)
-    assert sorted(results) == sorted(set(members)), lines
+    assert sorted(results) == members, lines
     refit_images = 0
     for name, result in results.items():
         history = pd.read_csv(paths.refit_dir(name) / "metrics.csv")
-        # every image trains, none is held out: an epoch is max(one pass of all 24, min_steps x batch) images
-        assert result.images == len(dataset) == 24 and result.epochs == len(history) == 2
-        assert (history["train_images"] >= len(dataset)).all() and history["score"].isna().all()
+        # all 24 images train, none is held out: an epoch is one pass over the 24 (min_steps 2 x batch 8 = 16
+        # is less), so a refit on a subset would show fewer images per epoch
+        assert result.images == len(dataset) == 24 and result.epochs == result.promote_epochs == len(history) == 2
+        assert (history["train_images"] == 24).all() and history["score"].isna().all()
         assert result.steps == history["steps"].iloc[-1] and paths.refit_checkpoint(name).name == "final.pt"
         refit_images += int(history["train_images"].sum())
     assert RunDir(runs, "p").images_trained() == trained_before + refit_images  # the compute counts it
@@ -271,28 +282,64 @@ def test_refit_trains_each_member_once_on_every_image_and_predict_uses_it(promot
     assert stamps == {name: digest(paths.refit_checkpoint(name)) for name in results}
     said: list[str] = []
     after = run_predict(runs, "p", images, tmp_path / "refit.csv", evaluate=dataset.spec.source, echo=said.append)
-    assert "refit on all training images" in said[0] and f"({len(set(members))} checkpoints" in said[0]
+    assert "refit on all training images" in said[0] and f"({len(members)} checkpoints" in said[0]
     assert after["evaluation"]["images"] == before["evaluation"]["images"] == len(dataset)
     assert (tmp_path / "refit.csv").read_text() != (tmp_path / "folds.csv").read_text()
-    again = run_predict(runs, "p", images, tmp_path / "folds2.csv", checkpoints="folds", echo=lambda line: None)
-    assert again["images"] == len(dataset)
+    run_predict(runs, "p", images, tmp_path / "folds2.csv", checkpoints="folds", echo=lambda line: None)
     assert (tmp_path / "folds2.csv").read_text() == (tmp_path / "folds.csv").read_text()
+    said.clear()
+    run_predict(runs, "p", images, tmp_path / "one.csv", model=members[0], echo=said.append)
+    assert "(1 checkpoints: refit" in said[0]
     code, _, err = run_cli("report", "p", "--runs-dir", runs)  # the report says what predict now uses
     page = (runs / "p" / "report" / "index.html").read_text()
-    assert code == 0 and "refit on every training image" in page and "final.pt" in page, err
+    assert code == 0 and "what predict uses by default" in page and "final.pt" in page, err
+
+    # a member without a refit: every member predicts with its fold models, and predict says why
+    ensemble_file = runs / "p" / "ensemble.json"
+    ensemble = json.loads(ensemble_file.read_text())
+    other = next(name for name in paths.load_plan().models if name not in members)
+    ensemble["members"], ensemble["weights"] = members + [other], [0.5] * len(members) + [0.5]
+    ensemble_file.write_text(json.dumps(ensemble))
+    said.clear()
+    run_predict(runs, "p", images, tmp_path / "partly.csv", echo=said.append)
+    assert f"({3 * (len(members) + 1)} checkpoints: the fold models)" in said[0]
+    assert any(f"note: {other} has no refit model" in line for line in said), said
 
 
-def test_refit_refuses_a_plateau_schedule_and_unknown_models(promoted):
+def test_refit_with_other_epochs_retrains_and_a_crash_exits_1(promoted, refit_study, run_cli, monkeypatch):
+    from automl.promoted import PromotedPaths
+    from automl.refit import RefitOptions, run_refit
+
+    runs = refit_study
+    paths, member = PromotedPaths(runs / "p"), promoted["ensemble"]["members"][0]
+    lines: list[str] = []
+    run_refit(RefitOptions(study="p", runs_dir=runs, models=[member], epochs=1), echo=lines.append)
+    assert paths.refit_result(member).epochs == 1
+    assert any("other epochs than its fold models" in line for line in lines)  # thresholds came from those
+    run_refit(RefitOptions(study="p", runs_dir=runs, models=[member], epochs=3), echo=lines.append)
+    assert paths.refit_result(member).epochs == 3 and "done with another config, retrained" in " ".join(lines)
+    monkeypatch.setattr("automl.promote.run_jobs", lambda *args, **kwargs: None)  # as if every job crashed
+    code, _, err = run_cli("refit", "p", "--runs-dir", runs, "--models", member, "--epochs", "2")
+    assert code == 1 and "did not finish" in err and not paths.is_refit(member)  # the stale model is gone
+
+
+def test_refit_refuses_a_plateau_schedule_unknown_models_and_a_changed_dataset(promoted, refit_study, tmp_path):
+    import shutil
+
     from automl.errors import UserError
     from automl.promoted import PromotedPaths
-    from automl.refit import models_to_refit, refit_config
+    from automl.refit import RefitOptions, models_to_refit, refit_config, run_refit
     from automl.store import RunDir
 
-    config = {"schedule": {"name": "plateau"}}
     with pytest.raises(UserError, match="plateau"):
-        refit_config(config, None, "trial0001")
+        refit_config({"schedule": {"name": "plateau"}}, None, "trial0001")
     assert refit_config({"train": {"epochs": 3}}, 7, "t")["train"]["epochs"] == 7
-    run = RunDir(promoted["runs"], "p")
+    run = RunDir(refit_study, "p")
     with pytest.raises(UserError, match="no promoted model trial0099"):
         models_to_refit(run, PromotedPaths(run.root), ["99"])
-
+    folds = run.root / "folds.json"  # as if an image had been excluded since promote
+    data = json.loads(folds.read_text())
+    data["ids"][0] = "not/an/image.png"
+    folds.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="the dataset changed"):
+        run_refit(RefitOptions(study="p", runs_dir=refit_study), echo=lambda line: None)

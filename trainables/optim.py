@@ -15,7 +15,8 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 from trainables.registry import Registry
 
 OPTIMIZERS: Registry[Callable] = Registry("optimizer")
-SCHEDULES = ("cosine", "poly", "step", "plateau", "onecycle", "constant")
+# name -> the multiplier of the base rate after warmup: factor(progress in [0, 1], step, steps_per_epoch, total)
+SCHEDULES: Registry[Callable[[float, int, int, int], float]] = Registry("schedule")
 
 
 @OPTIMIZERS.register("adamw")
@@ -33,12 +34,31 @@ def sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim.
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0)
 
 
-def check_schedule(name: str) -> str:
-    if name not in SCHEDULES:
-        from trainables.registry import unknown_name_message
+@SCHEDULES.register("cosine")
+def cosine(progress: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
-        raise ValueError(unknown_name_message("schedule", name, SCHEDULES))
-    return name
+
+@SCHEDULES.register("poly")
+def poly(progress: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    return (1 - progress) ** 0.9
+
+
+@SCHEDULES.register("step")
+def step_decay(progress: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    epochs = max(1, total_steps // steps_per_epoch)
+    return 0.1 ** (step // steps_per_epoch // max(1, math.ceil(epochs / 3)))
+
+
+@SCHEDULES.register("constant")
+@SCHEDULES.register("plateau")  # constant until ReduceLROnPlateau lowers it (Schedule)
+@SCHEDULES.register("onecycle")  # torch's OneCycleLR replaces the factor (Schedule)
+def constant(progress: float, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    return 1.0
+
+
+def check_schedule(name: str) -> str:
+    return SCHEDULES.check(name)
 
 
 def lr_factor(name: str, step: int, warmup_steps: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -46,14 +66,7 @@ def lr_factor(name: str, step: int, warmup_steps: int, total_steps: int, steps_p
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if name == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if name == "poly":
-        return (1 - progress) ** 0.9
-    if name == "step":
-        epochs = max(1, total_steps // steps_per_epoch)
-        return 0.1 ** (step // steps_per_epoch // max(1, math.ceil(epochs / 3)))
-    return 1.0  # constant, and plateau before it has seen a plateau
+    return SCHEDULES.get(name)(progress, step, steps_per_epoch, total_steps)
 
 
 class Schedule:

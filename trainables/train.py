@@ -178,7 +178,8 @@ class Epoch:
 
 
 def training_epochs(config: TrialConfig, data: TrainData, device: str | None = None) -> Iterator[Epoch]:
-    """Train epoch by epoch, validating after each; yields every epoch (the consumer decides what to keep)."""
+    """Train epoch by epoch, validating after each (if there are validation images); yields every epoch (the
+    consumer decides what to keep)."""
     spec = data.dataset.spec
     seed_everything(config.train.seed)
     device = pick_device(device)
@@ -231,11 +232,14 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
 
 def train(config: TrialConfig, data: TrainData, report: Report | None = None, out_dir: str | Path | None = None,
           device: str | None = None, keep: str = "best") -> TrainResult:
-    """Train and validate every epoch. keep="best" saves the checkpoint of the best validation epoch
+    """Train and validate every epoch (with no validation images, as a refit on every image: train only,
+    the scores NaN). keep="best" saves the checkpoint of the best validation epoch
     (best.pt); keep="final" saves the last epoch's (final.pt), for predictions scored on the validation
     images themselves, where picking the epoch on them would flatter the score."""
     if keep not in ("best", "final"):
         raise ValueError(f"keep must be 'best' or 'final', not {keep!r}")
+    if keep == "best" and not data.val_indices:
+        raise ValueError("keep='best' needs validation images to pick the epoch; without them, keep='final'")
     out = Path(out_dir) if out_dir else None
     if out:
         store.write_json(out / "config.json", config.model_dump(mode="json"))
