@@ -421,10 +421,7 @@ def load_library(runs_dir: str | Path, study: str) -> tuple[Library, PromotePlan
     run = store.RunDir(runs_dir, study)
     settings = run.settings()
     paths = PromotedPaths(run.root)
-    if not paths.plan.exists():
-        raise UserError(f"study '{study}' has no promoted models", key="STUDY",
-                        fix=f"run `automl promote {study}` first")
-    plan = paths.load_plan()
+    plan = paths.require_plan(study)
     names = [m for m in plan.models if paths.oof(m)[0].exists()]
     if not names:
         raise UserError("no promoted model has all its folds done", key="STUDY",

@@ -50,9 +50,9 @@ class Member:
 CHECKPOINTS = ("auto", "folds", "refit")
 
 
-def use_refit(paths, names: list[str], checkpoints: str) -> bool:
-    """auto: the refit models when every member has one (`automl refit`), else the fold models."""
-    missing = [name for name in names if not paths.is_refit(name)]
+def use_refit(missing: list[str], checkpoints: str) -> bool:
+    """auto: the refit models when every member has one (`automl refit`; `missing` lists the members that
+    have none), else the fold models."""
     if checkpoints == "refit" and missing:
         raise UserError(f"{', '.join(missing)} has no refit model", key="--checkpoints",
                         fix="run `automl refit STUDY` first, or pass --checkpoints folds")
@@ -63,19 +63,17 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
                  checkpoints: str = "auto") -> tuple[list[Member], dict]:
     """The ensemble (or one promoted model) with its checkpoints loaded on `device`: each member's fold
     models, or its refit model (see use_refit)."""
-    from automl.promoted import PromotedPaths, model_name
+    from automl.promoted import PromotedPaths
     from trainables.train import build_model, flip_policy, load_checkpoint
 
     if checkpoints not in CHECKPOINTS:
         raise UserError(f"unknown --checkpoints '{checkpoints}'", key="--checkpoints",
                         fix=f"use one of {', '.join(CHECKPOINTS)}")
     paths = PromotedPaths(run.root)
-    if not paths.plan.exists():
-        raise UserError(f"study '{run.study}' has no promoted models", key="STUDY",
-                        fix=f"run `automl promote {run.study}` and `automl ensemble {run.study}` first")
-    plan = paths.load_plan()
+    plan = paths.require_plan(run.study,
+                              fix=f"run `automl promote {run.study}` and `automl ensemble {run.study}` first")
     if model is not None:
-        name = model if model in plan.models else model_name(int(model)) if model.isdigit() else model
+        name = plan.name_of(model)
         if name not in plan.models:
             raise UserError(f"no promoted model '{model}'", key="--model",
                             fix=f"use one of {', '.join(plan.models)}")
@@ -88,16 +86,16 @@ def load_members(run: store.RunDir, spec: DatasetSpec, device: torch.device, mod
         ensemble = EnsembleResult.load(ensemble_file)
         chosen = list(zip(ensemble.members, ensemble.weights))
         decisions = {"thresholds": ensemble.thresholds, "postprocess": ensemble.postprocess}
-    names = [name for name, _ in chosen]
-    refit = use_refit(paths, names, checkpoints)
-    partly = [name for name in names if paths.is_refit(name)] if not refit and checkpoints == "auto" else []
+    missing = [name for name, _ in chosen if not paths.is_refit(name)]
+    refit = use_refit(missing, checkpoints)
+    # auto with some members refit and some not: say which hold the rest back
+    unrefit = missing if checkpoints == "auto" and 0 < len(missing) < len(chosen) else []
     members = []
     for name, weight in chosen:
         config = TrialConfig(**plan.models[name].config)
         files = [paths.refit_checkpoint(name)] if refit else [paths.checkpoint(name, k) for k in range(plan.folds)]
         networks = [load_checkpoint(build_model(config, spec.num_outputs), f).to(device).eval() for f in files]
         members.append(Member(name, weight, config, networks, flip_policy(config, spec)))
-    unrefit = sorted(set(names) - set(partly)) if partly else []
     return members, {**decisions, "eval_size": plan.eval_size, "refit": refit, "unrefit": unrefit}
 
 

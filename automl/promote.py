@@ -154,13 +154,18 @@ def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tu
     return npy
 
 
+def check_job_resources(options) -> None:
+    """What run_jobs reads from promote's or refit's options: resources per job and jobs at once."""
+    require_at_least("--max-concurrent", options.max_concurrent, 1)
+    require_positive("--cpus-per-trial", options.cpus_per_trial)
+    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+
+
 def check_promote_options(options: PromoteOptions) -> None:
     require_at_least("--folds", options.folds, 2)
     require_at_least("--top", options.top, 1)
     require_at_least("--epochs", options.epochs, 1)
-    require_at_least("--max-concurrent", options.max_concurrent, 1)
-    require_positive("--cpus-per-trial", options.cpus_per_trial)
-    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+    check_job_resources(options)
     if options.trials is not None and not options.trials:
         raise UserError("--trials names no trial", key="--trials", fix="e.g. --trials 3,7")
 

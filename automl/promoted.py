@@ -36,6 +36,10 @@ class PromotePlan(BaseModel):
     task: str
     class_names: list[str]
 
+    def name_of(self, text: str) -> str:
+        """A promoted model's name from what a user typed: its name, or its trial number."""
+        return model_name(int(text)) if text not in self.models and text.isdigit() else text
+
 
 class FoldResult(BaseModel):
     """promoted/<model>/fold<k>/done.json: written last, so its presence means the fold is complete.
@@ -112,6 +116,13 @@ class PromotedPaths:
 
     def load_plan(self) -> PromotePlan:
         return load_record(PromotePlan, self.plan, fix="rerun `automl promote STUDY`: it rewrites the plan")
+
+    def require_plan(self, study: str, fix: str | None = None) -> PromotePlan:
+        """promote.json, or one line saying the study has no promoted models yet."""
+        if not self.plan.exists():
+            raise UserError(f"study '{study}' has no promoted models", key="STUDY",
+                            fix=fix or f"run `automl promote {study}` first")
+        return self.load_plan()
 
     @property
     def folds(self) -> Path:

@@ -18,8 +18,8 @@ from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.ensemble import EnsembleResult
 from automl.data.splits import Splits
-from automl.errors import RunFailed, UserError, require_at_least, require_positive
-from automl.promoted import PromotedPaths, RefitResult, model_name
+from automl.errors import RunFailed, UserError, require_at_least
+from automl.promoted import PromotePlan, PromotedPaths, RefitResult
 
 
 @dataclass
@@ -67,10 +67,9 @@ def run_refit_job(config: dict[str, Any], context: RefitContext) -> None:
     store.write_json(out / "done.json", done.model_dump(mode="json"))
 
 
-def models_to_refit(run: store.RunDir, paths: PromotedPaths, named: list[str] | None) -> list[str]:
-    plan = paths.load_plan()
+def models_to_refit(run: store.RunDir, plan: PromotePlan, named: list[str] | None) -> list[str]:
     if named:
-        names = [model_name(int(n)) if n.isdigit() else n for n in named]
+        names = [plan.name_of(n) for n in named]
         unknown = [n for n in names if n not in plan.models]
         if unknown:
             raise UserError(f"no promoted model {', '.join(unknown)}", key="--models",
@@ -96,33 +95,28 @@ def refit_config(config: dict, epochs: int | None, name: str) -> dict:
 
 
 def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dict[str, RefitResult]:
-    from automl.promote import run_jobs
+    from automl.promote import check_job_resources, run_jobs
 
     require_at_least("--epochs", options.epochs, 1)
-    require_at_least("--max-concurrent", options.max_concurrent, 1)
-    require_positive("--cpus-per-trial", options.cpus_per_trial)
-    require_at_least("--gpus-per-trial", options.gpus_per_trial, 0)
+    check_job_resources(options)
     run = store.RunDir(options.runs_dir, options.study)
     settings = run.settings()
     paths = PromotedPaths(run.root)
-    if not paths.plan.exists():
-        raise UserError(f"study '{options.study}' has no promoted models", key="STUDY",
-                        fix=f"run `automl promote {options.study}` first")
-    plan = paths.load_plan()
-    names = models_to_refit(run, paths, options.models)
+    plan = paths.require_plan(options.study)
+    names = models_to_refit(run, plan, options.models)
     configs = {name: refit_config(plan.models[name].config, options.epochs, name) for name in names}
+    epochs = {name: TrialConfig(**configs[name]).train.epochs for name in names}
+    promote_epochs = {name: TrialConfig(**plan.models[name].config).train.epochs for name in names}
     dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
     ids = Splits.load(paths.folds, dataset.ids).ids  # refuses a dataset changed since promote
     stale = [name for name in names if paths.is_refit(name) and paths.refit_result(name).config != configs[name]]
     jobs = [{"model": name} for name in names if not paths.is_refit(name) or name in stale]
     for name in stale:  # until retrained, it is not a refit model: predict must not take the old one
         (paths.refit_dir(name) / "done.json").unlink()
-    promote_epochs = {name: TrialConfig(**plan.models[name].config).train.epochs for name in names}
     echo(f"refitting {', '.join(names)} on all {len(ids)} training images "
-         f"({', '.join(str(TrialConfig(**c).train.epochs) for c in configs.values())} epochs); "
-         f"{len(names) - len(jobs)} already done, {len(jobs)} to train"
-         + (f" ({', '.join(stale)}: done with another config, retrained)" if stale else ""))
-    longer = [name for name in names if TrialConfig(**configs[name]).train.epochs != promote_epochs[name]]
+         f"({', '.join(str(epochs[n]) for n in names)} epochs); {len(names) - len(jobs)} already done, "
+         f"{len(jobs)} to train" + (f" ({', '.join(stale)}: done with another config, retrained)" if stale else ""))
+    longer = [name for name in names if epochs[name] != promote_epochs[name]]
     if longer:
         echo(f"note: {', '.join(longer)} refit for other epochs than its fold models "
              f"({', '.join(str(promote_epochs[n]) for n in longer)}); the ensemble's thresholds and postprocessing "
@@ -134,7 +128,7 @@ def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dic
         context = RefitContext(str(run.root), settings.dataset, configs, promote_epochs, ids,
                                max(1, int(options.cpus_per_trial)))
         run_jobs(run_refit_job, context, jobs, options, run.root, "refit")
-    failed = [name for name in names if not paths.is_refit(name) or paths.refit_result(name).config != configs[name]]
+    failed = [name for name in names if not paths.is_refit(name)]  # stale ones lost done.json above
     if failed:
         raise RunFailed(f"the refit of {', '.join(failed)} did not finish; predict keeps using the fold models",
                         file=paths.refit_dir(failed[0]), fix="see the error in the Ray log under "

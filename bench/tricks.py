@@ -41,6 +41,7 @@ from automl.data.formats import match_channels, read_image  # noqa: E402
 from automl.data.stats import label_stats  # noqa: E402
 from automl.plan import plan_data  # noqa: E402
 from automl.postprocess import final_mask, to_original_size  # noqa: E402
+from automl.space import unflatten  # noqa: E402
 from automl.predict import Evaluation  # noqa: E402
 from trainables.data import TrainData  # noqa: E402
 from trainables.infer import predict_probabilities  # noqa: E402
@@ -58,14 +59,8 @@ DROP_RULE = "area_z>1.2"
 
 
 def config_for(overrides: dict, base: dict, seed: int):
-    config = json.loads(json.dumps(base))
-    config.setdefault("train", {})["seed"] = seed
-    for dotted, value in overrides.items():
-        node, *parents, leaf = [config, *dotted.split(".")]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return parse_trial_config(config, "bench/tricks.py")
+    """base and overrides as dotted keys, e.g. {"train.ema": 0.999}."""
+    return parse_trial_config(unflatten({**base, **overrides, "train.seed": seed}), "bench/tricks.py")
 
 
 def score_on_test(result, config, dataset: SegmentationDataset, test_ids: list[str], full_yaml: Path) -> float:
@@ -106,9 +101,9 @@ def main() -> None:
     train_ids = [i for i in dataset.ids if i not in test]
     dropped = set(dropped_by_area(DropRule.parse(DROP_RULE), stats)) & set(train_ids)
     steps_per_epoch = math.ceil(len(train_ids) / 8)  # every run: the same steps, one pass of the full split
-    base = {"model": {"encoder": "resnet18", "in_channels": plan.in_channels},
-            "data": {"resize": args.resize, "flips": plan.flips.policy.model_dump(mode="json")},
-            "train": {"epochs": args.epochs, "min_steps_per_epoch": steps_per_epoch}}
+    base = {"model.encoder": "resnet18", "model.in_channels": plan.in_channels, "data.resize": args.resize,
+            "data.flips": plan.flips.policy.model_dump(mode="json"), "train.epochs": args.epochs,
+            "train.min_steps_per_epoch": steps_per_epoch}
     print(f"{args.dataset}: {len(train_ids)} training images ({len(dropped)} selected by {DROP_RULE}), "
           f"{len(test_ids)} test images, {args.resize} px, {args.epochs} epochs x {steps_per_epoch} steps, "
           f"{args.seeds} seeds", flush=True)

@@ -200,15 +200,16 @@ def folds_section(root: Path) -> str:
         return section("folds", "Promoted models", empty("No promote run yet: run automl promote."))
     frame = pd.DataFrame(rows)
     means = frame.groupby("model")["score"].agg(["mean", "std", "count"]).reset_index()
-    refits = [RefitResult.model_validate(store.read_json(done)) for done in sorted(root.glob("promoted/*/full/done.json"))]
+    refits = [RefitResult.model_validate(store.read_json(done))
+              for done in sorted(root.glob("promoted/*/full/done.json"))]
     refit = ""
     if refits:
         ensemble = root / "ensemble.json"
         members = set(store.read_json(ensemble)["members"]) if ensemble.exists() else set()
-        used = bool(members) and members <= {r.model for r in refits}
-        rows = pd.DataFrame([r.model_dump(exclude={"config"}) for r in refits])
-        refit = (f"<h3>refit on every training image ({'what predict uses by default' if used else 'predict uses the fold models until every ensemble member is refit'}; no held-out score)</h3>"
-                 + table(rows))
+        used = ("what predict uses by default" if members and members <= {r.model for r in refits}
+                else "predict uses the fold models until every ensemble member is refit")
+        refit = (f"<h3>refit on every training image ({used}; no held-out score)</h3>"
+                 + table(pd.DataFrame([r.model_dump(exclude={"config"}) for r in refits])))
     return section("folds", "Promoted models: fold scores", table(frame) + "<h3>per model</h3>" + table(means)
                    + refit)
 

@@ -336,7 +336,7 @@ def test_refit_refuses_a_plateau_schedule_unknown_models_and_a_changed_dataset(p
     assert refit_config({"train": {"epochs": 3}}, 7, "t")["train"]["epochs"] == 7
     run = RunDir(refit_study, "p")
     with pytest.raises(UserError, match="no promoted model trial0099"):
-        models_to_refit(run, PromotedPaths(run.root), ["99"])
+        models_to_refit(run, PromotedPaths(run.root).load_plan(), ["99"])
     folds = run.root / "folds.json"  # as if an image had been excluded since promote
     data = json.loads(folds.read_text())
     data["ids"][0] = "not/an/image.png"
