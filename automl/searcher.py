@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 
 import optuna
@@ -73,14 +74,18 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.heartbeats and self.check_stale():
-            optuna.storages.fail_stale_trials(self.study)  # dead drivers' trials: FAIL, queued once more
+            with warnings.catch_warnings():  # experimental since Optuna 2.9, and the protocol we rely on
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # dead drivers' trials: FAIL, queued once more
         trials = self.study.get_trials(deepcopy=False)
         counts = budget(trials)
         if counts.finished >= self.target:
             return Searcher.FINISHED
         if counts.claimed >= self.target and counts.waiting == 0:
             return None  # other trials are running; one may yet die and be queued again
-        trial = self.study.ask(self.distributions)
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = self.study.ask(self.distributions)
         if is_surplus(self.study.get_trials(deepcopy=False), trial.number, self.target):
             trial.set_user_attr(SURPLUS, True)  # another driver took the last slot at the same moment
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -17,16 +17,27 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4
 def load_study(runs_dir: str | Path, study: str):
     import optuna
 
-    from automl.study_storage import open_storage
-
-    settings = store.RunDir(runs_dir, study).settings()
+    run_dir = store.RunDir(runs_dir, study)
+    settings = run_dir.settings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage, reader=True))
-    except UserError:
+        return settings, open_study(settings.storage, study)
+    except KeyError:  # Optuna's "Record does not exist": study.yaml names a storage without this study
+        raise UserError(f"{run_dir.settings_file}: its storage {settings.storage} holds no study '{study}'",
+                        key="storage", fix="point `storage` in study.yaml at the database the search wrote") from None
+
+
+def open_study(url: str, study: str):
+    import optuna
+
+    from automl.study_storage import open_storage
+
+    try:
+        return optuna.load_study(study_name=study, storage=open_storage(url, reader=True))
+    except (UserError, KeyError):
         raise
     except Exception:  # the reader skips Optuna's schema check: let the full storage say what is wrong
-        return settings, optuna.load_study(study_name=study, storage=open_storage(settings.storage))
+        return optuna.load_study(study_name=study, storage=open_storage(url))
 
 
 def ranked_trials(study) -> list:

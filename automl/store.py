@@ -59,6 +59,12 @@ class RunDir:
     """runs/<study>/: everything a later command needs, days later, in another process."""
 
     def __init__(self, runs_dir: str | Path, study: str):
+        if Path(study).name != study or study in ("", ".", ".."):
+            from automl.errors import UserError
+
+            path = Path(study)
+            raise UserError(f"'{study}' is a path; a study is named by its folder's name", key="STUDY",
+                            fix=f"pass the name and where it lives: {path.name or 'NAME'} --runs-dir {path.parent}")
         self.root = Path(runs_dir).resolve() / study
         self.study = study
 

@@ -11,6 +11,7 @@ Imports neither Ray nor torch: `status`, `report` and `dashboard` open storages 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,15 @@ def open_storage(url: str, heartbeat: int | None = None, reader: bool = False):
         import optuna
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        options = {}
-        if heartbeat:
-            options = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_PERIODS * int(heartbeat),
-                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; the protocol we use
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            options = {}
+            if heartbeat:
+                options = dict(heartbeat_interval=int(heartbeat), grace_period=GRACE_PERIODS * int(heartbeat),
+                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **options)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"cannot open the Optuna storage: {' '.join(str(e).split())[:300]}", key="--storage",
                         fix="check the URL, e.g. sqlite:///runs/study/optuna.db or "
@@ -53,9 +58,12 @@ def open_storage(url: str, heartbeat: int | None = None, reader: bool = False):
 
 def retried_numbers(trials) -> set[int]:
     """Numbers of trials that failed under a dead driver and were queued again."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return {number for t in trials for number in (RetryHeartbeatStaleTrialCallback.retry_history(t) or [])}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        return {number for t in trials for number in (RetryHeartbeatStaleTrialCallback.retry_history(t) or [])}
 
 
 def counts_toward_budget(trial, retried: set[int]) -> bool:

@@ -77,3 +77,26 @@ def test_every_shipped_space_samples_only_buildable_pairs():
 
     for path in sorted(SPACES_DIR.glob("*.yaml")):
         load_space(path.stem, median_side=128)  # raises UserError on a pair smp refuses
+
+
+@pytest.mark.parametrize("command", ["status", "promote", "ensemble", "report"])
+def test_a_study_given_as_a_path_says_how_to_name_it(command, tmp_path, run_cli):
+    code, _, err = run_cli(command, tmp_path / "runs" / "hybrid_loss")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"hybrid_loss --runs-dir {tmp_path / 'runs'}" in err
+
+
+def test_a_study_missing_from_its_storage_is_one_line(tmp_path, run_cli):
+    import yaml
+    from automl.config import StudySettings
+
+    settings = StudySettings(study="mine", dataset=str(tmp_path / "dataset.yaml"), task="binary", metric="iou",
+                             space={"params": {}}, trials=1, seed=0, storage=f"sqlite:///{tmp_path / 'other.db'}",
+                             val_fraction=0.2, cpus_per_trial=1, gpus_per_trial=0)
+    import optuna
+
+    optuna.create_study(study_name="theirs", storage=settings.storage)
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    (tmp_path / "runs" / "mine" / "study.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    code, _, err = run_cli("status", "mine", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "holds no study 'mine'" in err and "key 'storage'" in err, err
