@@ -23,6 +23,7 @@ from automl.config import StudySettings, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
 from automl.data.splits import group_subsample, holdout, strata
 from automl.data.stats import LabelStats, label_stats
+from automl.display import format_value, short
 from automl.errors import UserError, require_at_least, require_positive
 from automl.metrics import METRIC_NAME
 from automl.plan import DataPlan, plan_data
@@ -193,6 +194,15 @@ def make_sampler(name: str, seed: int, trials: int):
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(3, trials // 3)))
 
 
+def enqueue_defaults(study, space: SearchSpace, echo: Callable[[str], None]) -> None:
+    """A new study's first trial is the config a user writes by hand, so what the search ranks first has
+    been compared with it (FLAML and AutoGluon start from a default config too)."""
+    point = space.default_point()
+    if point:
+        study.enqueue_trial(point, skip_if_exists=True)
+        echo(f"trial 0 is the defaults: {', '.join(f'{short(k)} {format_value(v)}' for k, v in point.items())}")
+
+
 def start_ray(options: SearchOptions) -> bool:
     """Start (or join) Ray; returns whether this call started it (and so must stop it)."""
     import ray
@@ -238,6 +248,8 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
         optuna.storages.fail_stale_trials(study)  # trials of drivers that died: FAIL, queued once more
     study.set_user_attr("dataset", settings.dataset)
     study.set_user_attr("space", space.name)
+    if trials_so_far == 0:
+        enqueue_defaults(study, space, echo)
     counts = budget(study.get_trials(deepcopy=False))
     remaining = options.trials - counts.finished
     fidelity = space.fidelity

@@ -88,6 +88,22 @@ class SearchSpace:
     def trial_config(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
         return TrialConfig(**unflatten({**self.fixed, **sampled, **(overrides or {})}))
 
+    def default_point(self) -> dict[str, Any]:
+        """The searched keys at the values a user writes by hand (TrialConfig's defaults under this space's
+        pins; a loss term the default loss leaves out weighs 0), where the space can sample them."""
+        try:
+            defaults = TrialConfig(**unflatten(self.fixed)).model_dump()
+        except ValidationError:
+            return {}
+        point = {}
+        for key, spec in self.params.items():
+            value = lookup(defaults, key)
+            if value is None and key.startswith("loss.terms."):
+                value = 0.0
+            if value is not None and spec_contains(spec, value):
+                point[key] = value
+        return point
+
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
         """The resolved space saved in study.yaml: a resumed study keeps exactly its distributions."""
@@ -107,6 +123,24 @@ def to_distribution(spec: ParamSpec) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,
                                                     step=int(spec.step or 1))
     return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def lookup(nested: dict[str, Any], key: str) -> Any:
+    """nested["loss"]["terms"]["ce"] for "loss.terms.ce"; None where the path stops."""
+    node: Any = nested
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def spec_contains(spec: ParamSpec, value: Any) -> bool:
+    if spec.type == "categorical":
+        return value in spec.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return spec.low <= value <= spec.high and (spec.type == "float" or float(value).is_integer())
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

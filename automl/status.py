@@ -76,7 +76,62 @@ def leaderboard(runs_dir: str | Path, study_name: str, console: Console | None =
     for row in rows:
         if row["error"]:
             console.print(f"trial {row['trial']} {row['state'].lower()}: {row['error']}", soft_wrap=True)
+    note = unlearned_classes_note(store.RunDir(runs_dir, study_name), settings)
+    if note:
+        console.print(f"[yellow]{note}[/yellow]", soft_wrap=True)
     return rows
+
+
+def last_rows(run: store.RunDir) -> list[dict]:
+    """The last epoch of every trial that finished one (metrics.csv), without pandas: status stays light."""
+    import csv
+
+    rows = []
+    for path in sorted(run.root.glob("trials/*/metrics.csv")):
+        with open(path, newline="") as f:
+            epochs = list(csv.DictReader(f))
+        if epochs:
+            rows.append(epochs[-1])
+    return rows
+
+
+UNLEARNED_IOU = 0.01
+
+
+def unlearned_classes_note(run: store.RunDir, settings) -> str | None:
+    """Classes that no trial learned (IoU below 0.01 at every trial's last epoch): the search ranked its
+    trials on the other classes only, so its pick says nothing about these. Short trials on rare classes
+    (a sonar set's 10 small objects after 75 steps) are the usual cause."""
+    import json
+
+    last = [row for row in last_rows(run) if row.get("per_class")]
+    if not last:
+        return None
+    per_trial = [json.loads(row["per_class"]) for row in last]
+    count = min(len(scores) for scores in per_trial)
+    unlearned = [c for c in range(count) if all(scores[c] < UNLEARNED_IOU for scores in per_trial)]
+    if not unlearned:
+        return None
+    names = class_names(settings, count)
+    steps = max(int(float(row.get("steps") or 0)) for row in last)
+    listed = ", ".join(names[c] for c in unlearned[:8]) + (", ..." if len(unlearned) > 8 else "")
+    return (f"no trial learned {len(unlearned)} of {count} classes ({listed}) in up to {steps} steps: the "
+            f"ranking rests on the other {count - len(unlearned)}; give trials more steps (--max-epochs, or "
+            f"--set train.min_steps_per_epoch=N) before trusting it")
+
+
+def class_names(settings, count: int) -> list[str]:
+    """The dataset's class names when they match the scores, else class 0, class 1, ..."""
+    from automl.config import load_dataset_spec
+
+    try:
+        spec = load_dataset_spec(settings.dataset)
+        names = list(spec.classes)
+        if len(names) != count:
+            names = [name for name in names if name != "background"]
+    except Exception:  # the dataset moved since the search: numbers still say which
+        names = []
+    return names if len(names) == count else [f"class {c}" for c in range(count)]
 
 
 def dashboard_command(runs_dir: str | Path, study: str, port: int = 8080) -> list[str]:

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from automl import store  # noqa: E402
 from automl.config import MIN_STEPS_PER_EPOCH, FlipPolicy  # noqa: E402
 from automl.promoted import FoldResult, RefitResult  # noqa: E402
+from automl.status import unlearned_classes_note  # noqa: E402
 
 SECTIONS = ("summary", "leaderboard", "history", "importance", "rungs", "parallel", "loss-weights", "folds",
             "ensemble", "per-class", "worst", "audit")
@@ -31,7 +32,7 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#2
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.9rem} td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left} .empty{color:#888;font-style:italic}
-img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:1rem} .muted{color:#666;font-size:.9rem}
+img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:1rem} .muted{color:#666;font-size:.9rem} .warn{color:#a15c00}
 """
 
 
@@ -100,14 +101,15 @@ def summary_section(settings, trials: pd.DataFrame) -> str:
     return section("summary", "Summary", f"<table>{rows}</table>")
 
 
-def leaderboard_section(trials: pd.DataFrame) -> str:
+def leaderboard_section(trials: pd.DataFrame, note: str | None = None) -> str:
     if trials.empty:
         return section("leaderboard", "Leaderboard", empty("No trial yet: run automl search."))
     order = trials.assign(rank_state=trials["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2))
     order = order.sort_values(["rank_state", "score"], ascending=[True, False]).drop(columns="rank_state")
     order = order.rename(columns=lambda c: c.split(".")[-1] if c.startswith(("loss.", "optim.", "model.", "data.",
                                                                               "schedule.")) else c)
-    return section("leaderboard", "Leaderboard", table(order.head(25)))
+    return section("leaderboard", "Leaderboard", (f"<p class='warn'>{html.escape(note)}</p>" if note else "")
+                   + table(order.head(25)))
 
 
 def history_section(trials: pd.DataFrame, metric: str) -> str:
@@ -288,7 +290,7 @@ def build_report(runs_dir: str | Path, study_name: str) -> Path:
     params = list(settings.space.get("params", {}))
     max_epochs = int(settings.space.get("fidelity", {}).get("max_epochs", 0))
     body = "".join([
-        summary_section(settings, trials), leaderboard_section(trials), history_section(trials, settings.metric),
+        summary_section(settings, trials), leaderboard_section(trials, unlearned_classes_note(run, settings)), history_section(trials, settings.metric),
         importance_section(study), rungs_section(trials, max_epochs),
         parallel_section(trials, params, settings.metric), loss_weight_section(trials, settings.metric),
         folds_section(run.root), ensemble_section(ensemble, settings.metric),

@@ -39,11 +39,11 @@ def searched(tmp_path_factory, ray_session):
                             fixed={"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 4})
     lines: list[str] = []
     run_search(options, echo=lines.append)
-    return root, options, load(root, "demo")
+    return root, options, load(root, "demo"), lines
 
 
 def test_the_optuna_storage_tells_the_truth(searched):
-    root, _, study = searched
+    root, _, study, _ = searched
     states = [t.state.name for t in study.trials]
     assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"}
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
@@ -61,7 +61,7 @@ def test_the_optuna_storage_tells_the_truth(searched):
 
 
 def test_best_trial_is_well_above_chance_and_retrains_to_its_score(searched):
-    root, options, study = searched
+    root, options, study, _ = searched
     assert study.best_value > CHANCE_MIOU + 0.25, study.best_value
     trial_dir = Path(study.best_trial.user_attrs["trial_dir"])
     config = parse_trial_config(json.loads((trial_dir / "config.json").read_text()))
@@ -73,7 +73,7 @@ def test_best_trial_is_well_above_chance_and_retrains_to_its_score(searched):
 
 
 def test_search_split_holds_out_whole_groups(searched):
-    root, _, _ = searched
+    root, _, _, _ = searched
     split = json.loads((root / "runs" / "demo" / "search_split.json").read_text())
     groups = lambda ids: {i.split("/")[-1].split("_")[0] for i in ids}  # noqa: E731 - demo names: g007_0.png
     assert split["val"] and split["train"] and not groups(split["val"]) & groups(split["train"])
@@ -81,19 +81,32 @@ def test_search_split_holds_out_whole_groups(searched):
 
 
 def test_status_prints_the_leaderboard(searched, run_cli):
-    root, _, study = searched
+    root, _, study, _ = searched
     code, out, err = run_cli("status", "demo", "--runs-dir", root / "runs")
     assert code == 0, err
     assert "PRUNED" in out and f"best: trial {study.best_trial.number} mIoU {study.best_value:.4f}" in out
 
 
 def test_searching_an_existing_study_again_joins_it_and_keeps_every_trial(searched):
-    root, options, study = searched
+    root, options, study, _ = searched
     before = [(t.number, t.state.name, t.value) for t in study.trials]
     lines: list[str] = []
     assert run_search(options, echo=lines.append)["ran"] == 0  # the study already has its 8 trials
     assert [(t.number, t.state.name, t.value) for t in load(root, "demo").trials] == before
     assert any("joining study 'demo'" in line for line in lines)
+
+
+def test_the_first_trial_is_the_hand_written_default(searched):
+    root, _, study, lines = searched
+    first = min(study.trials, key=lambda t: t.number)
+    expected = {"loss.terms.ce": 0.3, "loss.terms.dice": 0.7, "loss.terms.focal": 0.0, "loss.terms.bce": 0.0,
+                "loss.terms.jaccard": 0.0, "optim.lr": 1e-3}
+    assert first.params == expected
+    assert sum(t.params == expected for t in study.trials) == 1  # then the sampler takes over
+    config = json.loads((RunDir(root / "runs", "demo").trial_dir(first.number) / "config.json").read_text())
+    assert config["loss"]["terms"] == {"ce": 0.3, "dice": 0.7, "focal": 0.0, "bce": 0.0, "jaccard": 0.0}
+    assert config["optim"]["lr"] == 1e-3
+    assert any(line.startswith("trial 0 is the defaults: ce 0.3, dice 0.7") for line in lines), lines
 
 
 def first_configs(seed: int, n: int = 4) -> list[dict]:
@@ -138,7 +151,7 @@ def test_dashboard_serves_the_study_on_localhost_only(searched):
     import time
     import urllib.request
 
-    root, _, _ = searched
+    root, _, _, _ = searched
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -166,7 +179,25 @@ def test_report_before_promote_says_what_is_missing(searched):
     from reports.html import build_report
     from tests.test_promote import check_report
 
-    root, _, _ = searched
+    root, _, _, _ = searched
     page = check_report(build_report(root / "runs", "demo"))
     assert "No promote run yet: run automl promote." in page and "No ensemble yet" in page
     assert '<section id="loss-weights"><h2>Loss weights</h2><img' in page
+
+
+def test_status_says_when_no_trial_learned_a_class(tmp_path, searched):
+    from types import SimpleNamespace
+
+    from automl.status import unlearned_classes_note
+
+    run = RunDir(tmp_path / "runs", "rare")
+    for number, (per_class, steps) in enumerate([([0.97, 0.0, 0.44, 0.0], 75), ([0.96, 0.003, 0.51, 0.2], 50)]):
+        run.trial_dir(number).mkdir(parents=True)
+        (run.trial_dir(number) / "metrics.csv").write_text(
+            f'epoch,score,steps,per_class\n1,0.3,25,"[0.5, 0.0, 0.0, 0.0]"\n3,0.35,{steps},"{per_class}"\n')
+    settings = SimpleNamespace(dataset=str(tmp_path / "moved.yaml"))
+    note = unlearned_classes_note(run, settings)
+    assert note.startswith("no trial learned 1 of 4 classes (class 1) in up to 75 steps"), note
+    root, _, _, _ = searched  # the demo's trials learned every class: nothing to say
+    demo = RunDir(root / "runs", "demo")
+    assert unlearned_classes_note(demo, demo.settings()) is None
