@@ -194,6 +194,9 @@ def promote_command(
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per fold; fractions share a GPU."),
     max_concurrent: Optional[int] = typer.Option(None, help="Folds running at once."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster."),
+    data: Optional[Path] = typer.Option(None, help="Train on this dataset.yaml instead of the study's (the same "
+                                                   "labelled images, e.g. plus automl pseudo's images); its "
+                                                   "models are named trialNNNN-<dataset name>."),
 ) -> None:
     """Train the best trials on full data, every fold of a group K-fold; keep out-of-fold predictions."""
     from automl.promote import PromoteOptions, run_promote
@@ -206,7 +209,27 @@ def promote_command(
             raise UserError(f"expected trial numbers like 3,7, got '{trials}'", key="--trials") from None
     run_promote(PromoteOptions(study=study, runs_dir=runs_dir, top=top, folds=folds, epochs=epochs, trials=numbers,
                                cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                               max_concurrent=max_concurrent, address=address), echo=console.print)
+                               max_concurrent=max_concurrent, address=address, data=data), echo=console.print)
+
+
+@app.command("pseudo")
+def pseudo_command(
+    study: str = typer.Argument(..., help="The study name."),
+    images: str = typer.Option(..., help="Unlabelled images: a folder or a glob (e.g. the test images)."),
+    out: Path = typer.Option(..., help="A new folder: images/, masks/ and dataset.yaml for the next round."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
+    min_confidence: float = typer.Option(0.9, help="A pixel below this winning probability is ignored by the loss."),
+    min_confident_fraction: float = typer.Option(0.5, help="An image with fewer sure pixels is left out."),
+    tta: str = typer.Option("flip", help="none | flip | flip+scale."),
+    checkpoints: str = typer.Option("auto", help="auto | folds | refit, as for predict."),
+    batch: int = typer.Option(8, help="Images per batch."),
+) -> None:
+    """Pseudo-label unlabelled images with the study's ensemble: a training-only dataset for the next round."""
+    from automl.pseudo import PseudoOptions, run_pseudo
+
+    run_pseudo(PseudoOptions(study=study, images=images, out=out, runs_dir=runs_dir, min_confidence=min_confidence,
+                             min_confident_fraction=min_confident_fraction, tta=tta, checkpoints=checkpoints,
+                             batch=batch), echo=console.print)
 
 
 @app.command("refit")

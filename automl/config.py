@@ -68,6 +68,17 @@ class FlipPolicy(Frozen):
         return "plain horizontal flips"
 
 
+class PseudoSpec(Frozen):
+    """Pseudo-labelled images (written by `automl pseudo`): training-only, never validated or scored."""
+
+    images: str = Field(description="glob of the images, absolute or relative to `root`")
+    masks: str = Field(description="folder of <image stem>.npy masks; `ignore` marks unsure pixels")
+    fold_masks: str | None = Field(None, description="folder of fold {fold}'s masks, made without that fold's "
+                                                     "labels: promote's fold k trains on these")
+    folds_file: str | None = Field(None, description="the folds.json whose folds fold_masks follow")
+    ignore: int = Field(255, ge=0, le=255, description="the mask value of a pixel the loss leaves out")
+
+
 class DatasetSpec(Frozen):
     name: str
     task: Task
@@ -80,6 +91,7 @@ class DatasetSpec(Frozen):
     cache_dir: str | None = Field(default=None, description="decoded + resized arrays; default: <root>/.cache/automl")
     flips: FlipPolicy | None = Field(default=None, description="absent: `automl data audit` decides")
     exclude: str | None = Field(default=None, description="file of image ids (one per line) left out of training")
+    pseudo: PseudoSpec | None = Field(default=None, description="pseudo-labelled training-only images")
     source: str = Field(default="", description="the dataset.yaml this came from (set by the loader)")
 
     @field_validator("classes")
@@ -112,6 +124,9 @@ class DatasetSpec(Frozen):
             raise ValueError("groups: {field: ...} needs labels.format coco; use a regex on the path instead")
         if self.flips is not None:
             self._check_pairs(self.flips)
+        if self.pseudo and self.effective_ignore_index is not None and self.pseudo.ignore != self.effective_ignore_index:
+            raise ValueError(f"pseudo.ignore {self.pseudo.ignore} differs from the labels' ignore_index "
+                             f"{self.effective_ignore_index}: the loss leaves out one value")
         return self
 
     def _check_pairs(self, flips: FlipPolicy) -> None:
@@ -141,6 +156,21 @@ class DatasetSpec(Frozen):
         if self.ignore_index is None and self.task == "multiclass":
             return 255
         return self.ignore_index
+
+    def for_fold(self, fold: int) -> "DatasetSpec":
+        """The spec promote's fold `fold` trains with: pseudo-labels made by models that never saw that
+        fold's labels (else its out-of-fold score would learn them through the pseudo-labels)."""
+        if self.pseudo is None or self.pseudo.fold_masks is None:
+            return self
+        masks = self.pseudo.fold_masks.format(fold=fold)
+        return self.model_copy(update={"pseudo": self.pseudo.model_copy(update={"masks": masks})})
+
+    @property
+    def training_ignore_index(self) -> int | None:
+        """The target value the loss leaves out: the labels' ignore_index, else pseudo-labels' unsure pixels."""
+        if self.effective_ignore_index is not None:
+            return self.effective_ignore_index
+        return self.pseudo.ignore if self.pseudo else None
 
     def resolve(self, relative: str | Path) -> Path:
         return (self.root / relative).resolve()

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel
 
 from automl import store
-from automl.promoted import PromotePlan, PromotedPaths, load_record
+from automl.promoted import EnsembleResult, PromotePlan, PromotedPaths
 from automl.config import load_dataset_spec
 from automl.data import formats
 from automl.data.cache import ResizeCache
@@ -484,43 +484,6 @@ def choose(library: Library, max_size: int, bags: int, seed: int
     if strategy.score < best_single.score:
         return Selection(decide_best_single(library), [], fell_back=True), best_single, best_single
     return decide_selection(library, max_size, bags, seed), strategy, best_single
-
-
-class EnsembleResult(BaseModel):
-    """ensemble.json. Scores are cross-validated over the promote folds (each fold scored by decisions made
-    on the other folds) unless named `_in_sample`, and measured per image at its original size as
-    `predict --evaluate` measures them (decisions are made at eval_size); `members`, `weights`, `thresholds`
-    and `postprocess` are the final decision, made on all OOF images, that `predict` applies."""
-
-    members: list[str]
-    weights: list[float]
-    thresholds: list[float] | None
-    postprocess: dict[str, list[bool]] | None
-    score: float
-    score_in_sample: float
-    best_single: float
-    best_single_model: str
-    uniform: float
-    hard_vote: float
-    vote_70: float
-    single_scores: dict[str, float]  # each model alone at threshold 0.5, no postprocessing, in sample, at eval_size
-    fell_back_to_best_single: bool
-    per_class: list[float | None]
-    class_names: list[str] | None = None
-    worst: list[dict[str, str]]
-    metric: str
-    task: str
-    eval_size: list[int]
-    folds: int
-    max_size: int
-    bags: int
-    history: list[dict]
-    per_image_csv: str
-
-    @classmethod
-    def load(cls, path: str | Path) -> "EnsembleResult":
-        return load_record(cls, Path(path),
-                           fix="rerun `automl ensemble STUDY`: it rewrites the file from the OOF predictions")
 
 
 def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int = 1, seed: int = 0,

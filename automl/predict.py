@@ -21,7 +21,7 @@ from automl.data import formats
 from automl.data.cache import as_size, resize_image
 from automl.data.formats import match_channels
 from automl.data.dataset import SegmentationDataset
-from automl.ensemble import EnsembleResult
+from automl.promoted import EnsembleResult
 from automl.errors import UserError, require_at_least
 from automl.metrics import METRIC_NAME, SegmentationMeter
 from automl.postprocess import final_mask, to_original_size
@@ -147,7 +147,7 @@ class Evaluation:
     """--evaluate: score the predictions against the labels of a dataset.yaml, per class."""
 
     def __init__(self, dataset_yaml: str | Path):
-        self.dataset = SegmentationDataset.from_yaml(dataset_yaml)
+        self.dataset = SegmentationDataset.from_yaml(dataset_yaml, pseudo=False)  # never scored on pseudo-labels
         spec = self.dataset.spec
         self.by_path = {record.image.resolve(): i for i, record in enumerate(self.dataset.records)}
         self.meter = SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index)

@@ -9,6 +9,7 @@ oof/<model>.json (the image ids, folds and resolution). A fold with done.json is
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 from automl import store
 from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
-from automl.data.splits import Splits, make_kfold_splits, strata
+from automl.data.splits import Splits, make_kfold_splits, saved_splits_for, strata
 from automl.data.stats import label_stats
 from automl.errors import UserError, require_at_least, require_positive
 from automl.promoted import FoldResult, PromotedModel, PromotePlan, PromotedPaths, model_name
@@ -39,6 +40,7 @@ class PromoteOptions:
     max_concurrent: int | None = None
     address: str | None = None
     verbose: bool = False
+    data: Path | None = None  # another dataset.yaml with the study's labelled images (e.g. automl pseudo's)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class FoldContext:
     splits: dict[str, Any]  # Splits as a dict
     eval_size: tuple[int, int]
     threads: int
+    pseudo_fold_masks: bool = False  # fold k trains on pseudo-labels made without fold k's labels
 
 
 # ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
@@ -70,7 +73,8 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     out = paths.fold_dir(model, fold)
     trial_config = TrialConfig(**context.configs[model])
     splits = Splits(**context.splits)
-    dataset = SegmentationDataset(load_dataset_spec(context.dataset))
+    spec = load_dataset_spec(context.dataset)
+    dataset = SegmentationDataset(spec.for_fold(fold) if context.pseudo_fold_masks else spec)
     position = dataset.index_of
     val_ids = splits.validation(fold)
     data = TrainData.from_ids(dataset, splits.training(fold), val_ids)
@@ -117,29 +121,62 @@ def eval_size_of(configs: dict[str, dict]) -> tuple[int, int]:
 
 
 def folds_for(dataset: SegmentationDataset, paths: PromotedPaths, n_folds: int, seed: int) -> Splits:
-    """The study's group K-fold: made once (StratifiedGroupKFold where it applies), then reused."""
-    if paths.folds.exists():
-        splits = Splits.load(paths.folds, dataset.ids)
-        if splits.n_folds != n_folds:
-            raise UserError(f"this study was promoted with {splits.n_folds} folds", key="--folds",
-                            fix=f"pass --folds {splits.n_folds}, or use a new study")
-        return splits
-    stats = label_stats(dataset)
-    splits = make_kfold_splits(dataset.ids, dataset.groups, strata(stats.pixels, dataset.spec.task), n_folds, seed)
-    splits.save(paths.folds)
+    """The study's group K-fold of its labelled images: made once (StratifiedGroupKFold where it applies),
+    then reused; pseudo-labelled images join every fold's training set and no validation set."""
+    if not paths.folds.exists():
+        labelled = np.flatnonzero(~dataset.training_only)
+        sample_strata = strata(label_stats(dataset).pixels[labelled], dataset.spec.task)
+        make_kfold_splits([dataset.ids[i] for i in labelled], [dataset.groups[i] for i in labelled],
+                          sample_strata, n_folds, seed).save(paths.folds)
+    splits = saved_splits_for(paths.folds, dataset)
+    if splits.n_folds != n_folds:
+        raise UserError(f"this study was promoted with {splits.n_folds} folds", key="--folds",
+                        fix=f"pass --folds {splits.n_folds}, or use a new study")
     return splits
+
+
+def pseudo_fold_masks(spec, paths: PromotedPaths, echo) -> bool:
+    """Whether each fold can train on pseudo-labels made without its labels: they were made by this
+    study's fold models, for these folds. Otherwise the pseudo-labels carry labels of the images the folds
+    are scored on, and the out-of-fold scores of these models read high: say so."""
+    pseudo = spec.pseudo
+    if pseudo is None:
+        return False
+    if pseudo.fold_masks and pseudo.folds_file and Path(pseudo.folds_file) == paths.folds.resolve():
+        return True
+    echo("note: these pseudo-labels were not made by this study's fold models, so every fold trains on labels "
+         "derived from its own validation images: the out-of-fold scores of these models are optimistic")
+    return False
+
+
+def promote_data(options: PromoteOptions, settings) -> tuple[str, SegmentationDataset, str]:
+    """The dataset.yaml the folds train on, the dataset, and the suffix of its model names ('' for the
+    study's own; '-<name>' for another one, e.g. with pseudo-labels, so both rounds' models are kept)."""
+    if options.data is None:
+        return settings.dataset, SegmentationDataset(load_dataset_spec(settings.dataset)), ""
+    path = str(Path(options.data).resolve())
+    dataset = SegmentationDataset(load_dataset_spec(path))
+    study_spec = load_dataset_spec(settings.dataset)
+    if (dataset.spec.task, dataset.spec.class_names) != (study_spec.task, study_spec.class_names):
+        raise UserError(f"{path} is a {dataset.spec.task} dataset of {dataset.spec.class_names}; the study's is "
+                        f"{study_spec.task} of {study_spec.class_names}", key="--data",
+                        fix="pass a dataset.yaml with the study's task and classes (as automl pseudo writes it)")
+    if path == settings.dataset:
+        return path, dataset, ""
+    return path, dataset, "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.spec.name)
 
 
 def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tuple[int, int], num_outputs: int
                  ) -> Path:
-    """oof/<model>.npy: one row per image (in the dataset's order), written atomically."""
+    """oof/<model>.npy: one row per validated image (in the folds' order), written atomically."""
     npy, index = paths.oof(model)
-    row = {image_id: i for i, image_id in enumerate(splits.ids)}
+    ids = splits.validated_ids
+    row = {image_id: i for i, image_id in enumerate(ids)}
     npy.parent.mkdir(parents=True, exist_ok=True)
     with store.atomic_path(npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                          shape=(len(splits.ids), num_outputs, *eval_size))
-        filled = np.zeros(len(splits.ids), bool)
+                                          shape=(len(ids), num_outputs, *eval_size))
+        filled = np.zeros(len(ids), bool)
         for fold in range(splits.n_folds):
             done = paths.fold_result(model, fold)
             probabilities = np.load(paths.fold_dir(model, fold) / "oof.npy", mmap_mode="r")
@@ -150,7 +187,8 @@ def assemble_oof(paths: PromotedPaths, model: str, splits: Splits, eval_size: tu
         del array
         if not filled.all():
             raise RuntimeError(f"{(~filled).sum()} images of {model} have no out-of-fold prediction")
-    store.write_json(index, {"model": model, "ids": splits.ids, "fold": splits.fold, "eval_size": list(eval_size)})
+    store.write_json(index, {"model": model, "ids": ids, "fold": [f for f in splits.fold if f >= 0],
+                             "eval_size": list(eval_size)})
     return npy
 
 
@@ -181,7 +219,7 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=options.study, storage=open_storage(settings.storage))
     chosen = choose_trials(study, options.top, options.trials)
-    dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
+    data, dataset, suffix = promote_data(options, settings)
     paths = PromotedPaths(run.root)
     splits = folds_for(dataset, paths, options.folds, settings.seed)
     epochs = options.epochs or int(settings.space["fidelity"]["max_epochs"])
@@ -189,25 +227,34 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
     for trial in chosen:
         config = store.read_json(Path(trial.user_attrs["trial_dir"]) / "config.json")
         config["train"] = {**config.get("train", {}), "epochs": epochs}
-        configs[model_name(trial.number)] = config
+        configs[model_name(trial.number) + suffix] = config
     before = paths.load_plan() if paths.plan.exists() else None
+    for name in configs:
+        trained_on = before.models[name].data if before and name in before.models else None
+        if before and name in before.models and trained_on != (data if suffix else None):
+            raise UserError(f"model {name} was promoted on {trained_on or settings.dataset}, not {data}",
+                            key="--data", fix="give each round's dataset.yaml its own `name` (automl pseudo "
+                                              "names it after its --out folder)")
     eval_size = before.eval_size if before else eval_size_of(configs)
     plan = PromotePlan(models=before.models if before else {}, folds=splits.n_folds, eval_size=eval_size,
                        metric=settings.metric, task=settings.task,
                        class_names=["foreground"] if settings.task == "binary" else dataset.spec.class_names)
     for name, trial in zip(configs, chosen):
-        plan.models[name] = PromotedModel(trial=trial.number, search_score=trial.value, config=configs[name])
+        plan.models[name] = PromotedModel(trial=trial.number, search_score=trial.value, config=configs[name],
+                                          data=data if suffix else None)
     store.write_json(paths.plan, plan.model_dump(mode="json"))
     jobs = [{"model": m, "fold": k} for m in configs for k in range(splits.n_folds) if not paths.is_done(m, k)]
     skipped = len(configs) * splits.n_folds - len(jobs)
+    pseudo = int(dataset.training_only.sum())
     echo(f"promoting {', '.join(configs)} x {splits.n_folds} folds ({splits.method}), {epochs} epochs, "
-         f"{len(dataset)} images; {skipped} folds already done, {len(jobs)} to train")
+         f"{len(dataset) - pseudo} images" + (f" + {pseudo} pseudo-labelled (training only)" if pseudo else "")
+         + f"; {skipped} folds already done, {len(jobs)} to train")
     if jobs:
         from automl.data.cache import prebuild
 
         prebuild(dataset, [TrialConfig(**config).data.resize for config in configs.values()])
-        context = FoldContext(str(run.root), settings.dataset, configs, splits.__dict__, eval_size,
-                              max(1, int(options.cpus_per_trial)))
+        context = FoldContext(str(run.root), data, configs, splits.__dict__, eval_size,
+                              max(1, int(options.cpus_per_trial)), pseudo_fold_masks(dataset.spec, paths, echo))
         run_jobs(run_fold, context, jobs, options, run.root, "promote")
     return summarize(paths, configs, splits, eval_size, dataset.spec.num_outputs, echo)
 

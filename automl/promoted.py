@@ -1,5 +1,6 @@
-"""What `automl promote` leaves on disk, typed: promote.json (the plan), each fold's done.json, and where
-the checkpoints and OOF files live. Readers (ensemble, predict, report) use these instead of string keys;
+"""What `automl promote`, `refit` and `ensemble` leave on disk, typed: promote.json (the plan), each fold's
+and refit's done.json, ensemble.json, and where the checkpoints and OOF files live. Readers (ensemble,
+refit, predict, report) use these instead of string keys;
 nothing here imports Ray or torch.
 """
 
@@ -24,6 +25,7 @@ class PromotedModel(BaseModel):
     trial: int
     search_score: float | None
     config: dict  # the TrialConfig as JSON, with the promote epochs
+    data: str | None = None  # the dataset.yaml it trained on when not the study's (e.g. with pseudo-labels)
 
 
 class PromotePlan(BaseModel):
@@ -127,3 +129,40 @@ class PromotedPaths:
     @property
     def folds(self) -> Path:
         return self.root / "folds.json"
+
+
+class EnsembleResult(BaseModel):
+    """ensemble.json. Scores are cross-validated over the promote folds (each fold scored by decisions made
+    on the other folds) unless named `_in_sample`, and measured per image at its original size as
+    `predict --evaluate` measures them (decisions are made at eval_size); `members`, `weights`, `thresholds`
+    and `postprocess` are the final decision, made on all OOF images, that `predict` applies."""
+
+    members: list[str]
+    weights: list[float]
+    thresholds: list[float] | None
+    postprocess: dict[str, list[bool]] | None
+    score: float
+    score_in_sample: float
+    best_single: float
+    best_single_model: str
+    uniform: float
+    hard_vote: float
+    vote_70: float
+    single_scores: dict[str, float]  # each model alone at threshold 0.5, no postprocessing, in sample, at eval_size
+    fell_back_to_best_single: bool
+    per_class: list[float | None]
+    class_names: list[str] | None = None
+    worst: list[dict[str, str]]
+    metric: str
+    task: str
+    eval_size: list[int]
+    folds: int
+    max_size: int
+    bags: int
+    history: list[dict]
+    per_image_csv: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EnsembleResult":
+        return load_record(cls, Path(path),
+                           fix="rerun `automl ensemble STUDY`: it rewrites the file from the OOF predictions")

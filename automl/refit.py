@@ -16,8 +16,8 @@ from typing import Any, Callable
 from automl import store
 from automl.config import TrialConfig, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
-from automl.ensemble import EnsembleResult
-from automl.data.splits import Splits
+from automl.promoted import EnsembleResult
+from automl.data.splits import saved_splits_for
 from automl.errors import RunFailed, UserError, require_at_least
 from automl.promoted import PromotePlan, PromotedPaths, RefitResult
 
@@ -38,10 +38,10 @@ class RefitOptions:
 @dataclass(frozen=True)
 class RefitContext:
     study_dir: str
-    dataset: str
+    datasets: dict[str, str]  # model name -> the dataset.yaml its fold models trained on
     configs: dict[str, dict]  # model name -> TrialConfig as JSON, with the refit epochs
     promote_epochs: dict[str, int]
-    ids: list[str]  # every image of the promote folds (folds.json): what the ensemble decided on
+    ids: dict[str, list[str]]  # model name -> every image its folds trained on (folds.json, + pseudo-labels)
     threads: int
 
 
@@ -57,8 +57,8 @@ def run_refit_job(config: dict[str, Any], context: RefitContext) -> None:
     model = config["job"]["model"]
     out = PromotedPaths(context.study_dir).refit_dir(model)
     trial_config = TrialConfig(**context.configs[model])
-    dataset = SegmentationDataset(load_dataset_spec(context.dataset))
-    data = TrainData.from_ids(dataset, context.ids, [])
+    dataset = SegmentationDataset(load_dataset_spec(context.datasets[model]))
+    data = TrainData.from_ids(dataset, context.ids[model], [])
     result = train(trial_config, data, lambda epoch, m: tune.report({"epoch": epoch, "steps": m["steps"]}),
                    out_dir=out, keep="final")
     done = RefitResult(model=model, epochs=result.epochs_run, promote_epochs=context.promote_epochs[model],
@@ -107,13 +107,15 @@ def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dic
     configs = {name: refit_config(plan.models[name].config, options.epochs, name) for name in names}
     epochs = {name: TrialConfig(**configs[name]).train.epochs for name in names}
     promote_epochs = {name: TrialConfig(**plan.models[name].config).train.epochs for name in names}
-    dataset = SegmentationDataset(load_dataset_spec(settings.dataset))
-    ids = Splits.load(paths.folds, dataset.ids).ids  # refuses a dataset changed since promote
+    sources = {name: plan.models[name].data or settings.dataset for name in names}
+    datasets = {path: SegmentationDataset(load_dataset_spec(path)) for path in set(sources.values())}
+    # refuses a dataset whose labelled images changed since promote
+    ids = {name: saved_splits_for(paths.folds, datasets[sources[name]]).ids for name in names}
     stale = [name for name in names if paths.is_refit(name) and paths.refit_result(name).config != configs[name]]
     jobs = [{"model": name} for name in names if not paths.is_refit(name) or name in stale]
     for name in stale:  # until retrained, it is not a refit model: predict must not take the old one
         (paths.refit_dir(name) / "done.json").unlink()
-    echo(f"refitting {', '.join(names)} on all {len(ids)} training images "
+    echo(f"refitting {', '.join(names)} on all {'/'.join(sorted({str(len(i)) for i in ids.values()}))} training images "
          f"({', '.join(str(epochs[n]) for n in names)} epochs); {len(names) - len(jobs)} already done, "
          f"{len(jobs)} to train" + (f" ({', '.join(stale)}: done with another config, retrained)" if stale else ""))
     longer = [name for name in names if epochs[name] != promote_epochs[name]]
@@ -124,8 +126,10 @@ def run_refit(options: RefitOptions, echo: Callable[[str], None] = print) -> dic
     if jobs:
         from automl.data.cache import prebuild
 
-        prebuild(dataset, [TrialConfig(**configs[job['model']]).data.resize for job in jobs])
-        context = RefitContext(str(run.root), settings.dataset, configs, promote_epochs, ids,
+        for path, dataset in datasets.items():
+            prebuild(dataset, [TrialConfig(**configs[job["model"]]).data.resize for job in jobs
+                               if sources[job["model"]] == path])
+        context = RefitContext(str(run.root), sources, configs, promote_epochs, ids,
                                max(1, int(options.cpus_per_trial)))
         run_jobs(run_refit_job, context, jobs, options, run.root, "refit")
     failed = [name for name in names if not paths.is_refit(name)]  # stale ones lost done.json above

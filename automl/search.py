@@ -21,7 +21,7 @@ import numpy as np
 from automl import store
 from automl.config import StudySettings, load_dataset_spec
 from automl.data.dataset import SegmentationDataset
-from automl.data.splits import group_subsample, holdout, strata
+from automl.data.splits import group_subsample, holdout, labelled_strata
 from automl.data.stats import LabelStats, label_stats
 from automl.display import format_value, short
 from automl.errors import UserError, require_at_least, require_positive
@@ -71,8 +71,8 @@ def median_side(stats: LabelStats) -> int:
 def make_search_split(dataset: SegmentationDataset, stats: LabelStats, subsample: float, val_fraction: float,
                       seed: int) -> dict:
     """One fixed validation holdout (so scores compare) and a seeded group subsample of the rest."""
-    sample_strata = strata(stats.pixels, dataset.spec.task)
-    is_val = holdout(dataset.groups, sample_strata, val_fraction, seed)
+    sample_strata = labelled_strata(stats.pixels, dataset.spec.task, dataset.training_only)
+    is_val = holdout(dataset.groups, sample_strata, val_fraction, seed, dataset.training_only)
     train_pool = np.flatnonzero(~is_val)
     chosen = group_subsample([dataset.groups[i] for i in train_pool], sample_strata[train_pool], subsample, seed)
     ids = dataset.ids
@@ -124,10 +124,11 @@ def prepare(options: SearchOptions, echo: Callable[[str], None] = print
     if claim_new_study(run):
         try:
             stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
-            plan = plan_data(dataset, stats)
+            labelled = stats.subset(np.flatnonzero(~dataset.training_only))  # pseudo-labels decide nothing
+            plan = plan_data(dataset, labelled)
             for note in plan.notes():
                 echo(note)
-            space = load_space(options.space, median_side(stats), options.fixed, defaults=plan.defaults())
+            space = load_space(options.space, median_side(labelled), options.fixed, defaults=plan.defaults())
             fidelity = space.fidelity.model_copy(update={k: v for k, v in {
                 "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})
             space.fidelity = fidelity.model_copy(update={"grace_period": min(fidelity.grace_period,

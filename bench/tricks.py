@@ -1,7 +1,7 @@
 """Each trick of the loop against the same model without it, on a real dataset, at equal compute.
 
     .venv/bin/python bench/tricks.py [--dataset tgs_salt] [--resize 64] [--epochs 40] [--seeds 3]
-                                     [--tricks ema,swa,cutmix,copypaste,drop_area_z]
+                                     [--tricks ema,swa,cutmix,copypaste,drop_area_z,pseudo]
 
 What it measures: one model per (trick, seed), Unet/resnet18 with the tool's default config (AdamW 1e-3,
 cosine, 0.3 CE + 0.7 Dice, `light` augmentation), trained by `trainables.train` (the code path every
@@ -11,7 +11,9 @@ final checkpoint scored on the held-out test images at their original size with 
 metric. The split is real_data.py's: a seeded 20 % group test split that no run trains on. The tricks:
 `ema` (train.ema 0.999), `swa` (train.swa.start 0.75), `cutmix` and `copypaste` (data.augment),
 `drop_area_z` (the training images `automl data audit --drop 'area_z>1.2'` selects are left out; the
-steps stay the same). Not the whole loop (search, folds, ensemble): a trick's effect on one model is what
+steps stay the same), `pseudo` (the test images join training as `automl pseudo` makes them: labelled by
+the baseline model of the same seed, pixels under 0.9 confidence ignored, images under 50 % sure left out;
+their labels are never read; fewer epochs, so the steps stay the same). Not the whole loop (search, folds, ensemble): a trick's effect on one model is what
 a search over it would pick up. Printed: each trick's mean +- sd over the seeds, and its difference from
 the baseline, whatever its sign.
 """
@@ -54,8 +56,11 @@ TRICKS = {
     "cutmix": {"data.augment": "cutmix"},
     "copypaste": {"data.augment": "copypaste"},
     "drop_area_z": {},  # fewer training images, chosen by the audit rule below
+    "pseudo": {},  # + the test images, labelled by this seed's baseline model (see pseudo_labelled)
 }
 DROP_RULE = "area_z>1.2"
+PSEUDO_CONFIDENCE = 0.9  # automl pseudo's defaults
+PSEUDO_SURE_FRACTION = 0.5
 
 
 def config_for(overrides: dict, base: dict, seed: int):
@@ -77,6 +82,33 @@ def score_on_test(result, config, dataset: SegmentationDataset, test_ids: list[s
         full = to_original_size(probabilities, read_image(record.image).shape[:2])
         evaluation.add(record.image, final_mask(full.numpy(), dataset.spec.task))
     return float(evaluation.meter.compute())
+
+
+def pseudo_labelled(result, config, dataset: SegmentationDataset, test_ids: list[str], out: Path
+                    ) -> SegmentationDataset | None:
+    """The dataset plus the test images as training-only images, labelled the way `automl pseudo` does
+    (automl.pseudo.confident_mask) by the baseline model of the same seed: only their images are used,
+    never their labels (transductive, as competitions pseudo-label their test set)."""
+    from automl.config import PseudoSpec
+    from automl.pseudo import confident_mask, sure_fraction
+    from automl.store import save_npy
+    from trainables.train import build_model, load_checkpoint
+
+    device = pick_device()
+    network = load_checkpoint(build_model(config, dataset.spec.num_outputs), result.checkpoint).to(device)
+    cache, position = ResizeCache(dataset, config.data.resize), dataset.index_of
+    for image_id in test_ids:
+        record = dataset.records[position[image_id]]
+        image = match_channels(np.asarray(cache[position[image_id]].image), config.model.in_channels)
+        probabilities = torch.from_numpy(predict_probabilities(network, image[None], dataset.spec.task, device)[0])
+        full = to_original_size(probabilities, read_image(record.image).shape[:2]).numpy()
+        mask = confident_mask(full, dataset.spec.task, None, None, PSEUDO_CONFIDENCE)
+        if sure_fraction(mask) >= PSEUDO_SURE_FRACTION:
+            save_npy(out / f"{record.image.stem}.npy", mask)
+    if not out.is_dir():
+        return None  # no test image was sure enough: the run is the baseline's
+    pseudo = PseudoSpec(images=dataset.spec.images, masks=str(out))
+    return SegmentationDataset(dataset.spec.model_copy(update={"pseudo": pseudo}))
 
 
 def main() -> None:
@@ -107,17 +139,29 @@ def main() -> None:
     print(f"{args.dataset}: {len(train_ids)} training images ({len(dropped)} selected by {DROP_RULE}), "
           f"{len(test_ids)} test images, {args.resize} px, {args.epochs} epochs x {steps_per_epoch} steps, "
           f"{args.seeds} seeds", flush=True)
-    rows = {}
+    rows, baselines = {}, {}
     for name in ["baseline", *[t for t in args.tricks.split(",") if t]]:
         if name not in TRICKS:
             raise SystemExit(f"unknown trick '{name}'; choose from {', '.join(TRICKS)}")
         ids = [i for i in train_ids if i not in dropped] if name == "drop_area_z" else train_ids
         scores, seconds, images = [], [], []
         for seed in range(args.seeds):
-            config = config_for(TRICKS[name], base, seed)
+            config, data = config_for(TRICKS[name], base, seed), TrainData.from_ids(dataset, ids, [])
+            if name == "pseudo":
+                extended = pseudo_labelled(*baselines[seed], dataset, test_ids, work / "pseudo-masks" / str(seed))
+                extended = extended or dataset
+                extra = [r.id for r in extended.records if r.training_only]
+                # the same optimizer steps: one pass is longer with the pseudo images, so fewer epochs
+                per_epoch = math.ceil((len(train_ids) + len(extra)) / 8)
+                config = config_for({"train.epochs": round(args.epochs * steps_per_epoch / per_epoch),
+                                     "train.min_steps_per_epoch": per_epoch}, base, seed)
+                data = TrainData.from_ids(extended, train_ids + extra, [])
+                print(f"pseudo, seed {seed}: {len(extra)} of {len(test_ids)} test images pseudo-labelled, "
+                      f"{config.train.epochs} epochs x {per_epoch} steps", flush=True)
             start = time.perf_counter()
-            result = train(config, TrainData.from_ids(dataset, ids, []), out_dir=work / name / str(seed),
-                           keep="final")
+            result = train(config, data, out_dir=work / name / str(seed), keep="final")
+            if name == "baseline":
+                baselines[seed] = (result, config)
             seconds.append(time.perf_counter() - start)
             images.append(sum(h["train_images"] for h in result.history))
             scores.append(score_on_test(result, config, dataset, test_ids, full_yaml))

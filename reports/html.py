@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from automl import store  # noqa: E402
 from automl.config import MIN_STEPS_PER_EPOCH, FlipPolicy  # noqa: E402
-from automl.promoted import FoldResult, RefitResult  # noqa: E402
+from automl.errors import UserError  # noqa: E402
+from automl.promoted import EnsembleResult, FoldResult, RefitResult  # noqa: E402
 from automl.status import unlearned_classes_note  # noqa: E402
 
 SECTIONS = ("summary", "leaderboard", "history", "importance", "rungs", "parallel", "loss-weights", "folds",
@@ -191,7 +192,7 @@ def loss_weight_section(trials: pd.DataFrame, metric: str) -> str:
     return section("loss-weights", "Loss weights", f'<img src="{figure_uri(figure)}" alt="loss weights">')
 
 
-def folds_section(root: Path) -> str:
+def folds_section(root: Path, ensemble: EnsembleResult | None = None) -> str:
     rows = []
     for done in sorted(root.glob("promoted/*/fold*/done.json")):
         fold = FoldResult.model_validate(store.read_json(done))
@@ -206,8 +207,7 @@ def folds_section(root: Path) -> str:
               for done in sorted(root.glob("promoted/*/full/done.json"))]
     refit = ""
     if refits:
-        ensemble = root / "ensemble.json"
-        members = set(store.read_json(ensemble)["members"]) if ensemble.exists() else set()
+        members = set(ensemble.members) if ensemble else set()
         used = ("what predict uses by default" if members and members <= {r.model for r in refits}
                 else "predict uses the fold models until every ensemble member is refit")
         refit = (f"<h3>refit on every training image ({used}; no held-out score)</h3>"
@@ -216,48 +216,47 @@ def folds_section(root: Path) -> str:
                    + refit)
 
 
-def ensemble_section(ensemble: dict | None, metric: str) -> str:
+def ensemble_section(ensemble: EnsembleResult | None, metric: str,
+                     missing: str = "No ensemble yet: run automl ensemble.") -> str:
     if ensemble is None:
-        return section("ensemble", "Ensemble", empty("No ensemble yet: run automl ensemble."))
-    members = pd.DataFrame({"member": ensemble["members"], "weight": ensemble["weights"]})
-    baselines = {"ensemble": ensemble["score"], "best single": ensemble["best_single"],
-                 "uniform": ensemble["uniform"], "hard vote": ensemble["hard_vote"],
-                 "70% vote": ensemble.get("vote_70")}
+        return section("ensemble", "Ensemble", empty(missing))
+    members = pd.DataFrame({"member": ensemble.members, "weight": ensemble.weights})
+    baselines = {"ensemble": ensemble.score, "best single": ensemble.best_single, "uniform": ensemble.uniform,
+                 "hard vote": ensemble.hard_vote, "70% vote": ensemble.vote_70}
     figure, axis = plt.subplots(figsize=(6, 2.6))
     names = [k for k, v in baselines.items() if v is not None]
     axis.barh(names[::-1], [baselines[n] for n in names[::-1]], color=["#1971c2"] * (len(names) - 1) + ["#2b8a3e"])
     low = min(baselines[n] for n in names)
     axis.set_xlim(max(0.0, low - 0.1), 1.0)
     axis.set_xlabel(f"OOF {metric}")
-    gain = ensemble["score"] - ensemble["best_single"]
-    in_sample = ensemble.get("score_in_sample")
+    gain = ensemble.score - ensemble.best_single
     protocol = ("cross-validated over the promote folds: each fold scored by weights, thresholds and "
-                "postprocessing chosen on the others; every baseline tuned the same way"
-                + (f"; {in_sample:.4f} in sample" if in_sample is not None else "")) if in_sample is not None \
-        else "in sample: chosen and scored on the same OOF images"
+                "postprocessing chosen on the others; every baseline tuned the same way; "
+                f"{ensemble.score_in_sample:.4f} in sample")
     fallback = ("<p>The selected ensemble did not beat the best single model out of fold: predict uses that "
-                "model alone.</p>" if ensemble.get("fell_back_to_best_single") else "")
-    notes = (f"<p>OOF {metric} {ensemble['score']:.4f} ({protocol}): {gain:+.4f} over the best single model, "
-             f"{ensemble['score'] - ensemble['uniform']:+.4f} over the uniform average, "
-             f"{ensemble['score'] - ensemble['hard_vote']:+.4f} over the hard vote.</p>{fallback}")
+                "model alone.</p>" if ensemble.fell_back_to_best_single else "")
+    notes = (f"<p>OOF {metric} {ensemble.score:.4f} ({protocol}): {gain:+.4f} over the best single model, "
+             f"{ensemble.score - ensemble.uniform:+.4f} over the uniform average, "
+             f"{ensemble.score - ensemble.hard_vote:+.4f} over the hard vote.</p>{fallback}")
     extra = ""
-    if ensemble.get("thresholds"):
-        extra += f"<p>thresholds per class: {', '.join(f'{t:.2f}' for t in ensemble['thresholds'])}</p>"
-    if ensemble.get("postprocess"):
-        extra += f"<p>postprocessing switched on (class indices): {html.escape(json.dumps({k: [i for i, on in enumerate(v) if on] for k, v in ensemble['postprocess'].items()}))}</p>"
+    if ensemble.thresholds:
+        extra += f"<p>thresholds per class: {', '.join(f'{t:.2f}' for t in ensemble.thresholds)}</p>"
+    if ensemble.postprocess:
+        switched_on = {k: [i for i, on in enumerate(v) if on] for k, v in ensemble.postprocess.items()}
+        extra += f"<p>postprocessing switched on (class indices): {html.escape(json.dumps(switched_on))}</p>"
     return section("ensemble", "Ensemble", notes + table(members) + f'<img src="{figure_uri(figure)}">' + extra)
 
 
-def per_class_section(ensemble: dict | None, metric: str) -> str:
-    if not ensemble or ensemble.get("per_class") is None:
+def per_class_section(ensemble: EnsembleResult | None, metric: str) -> str:
+    if ensemble is None:
         return section("per-class", f"Per-class {metric}", empty("No ensemble yet: run automl ensemble."))
-    names = ensemble.get("class_names") or [str(i) for i in range(len(ensemble["per_class"]))]
-    frame = pd.DataFrame({"class": names, f"OOF {metric}": ensemble["per_class"]})
+    names = ensemble.class_names or [str(i) for i in range(len(ensemble.per_class))]
+    frame = pd.DataFrame({"class": names, f"OOF {metric}": ensemble.per_class})
     return section("per-class", f"Per-class {metric}", table(frame))
 
 
-def worst_section(root: Path, ensemble: dict | None) -> str:
-    worst = (ensemble or {}).get("worst") or []
+def worst_section(root: Path, ensemble: EnsembleResult | None) -> str:
+    worst = ensemble.worst if ensemble else []
     if not worst:
         return section("worst", "Worst out-of-fold images", empty("No ensemble yet: run automl ensemble."))
     scores = {}
@@ -286,14 +285,18 @@ def build_report(runs_dir: str | Path, study_name: str) -> Path:
     run = store.RunDir(runs_dir, study_name)
     settings, study, trials = load_trials(runs_dir, study_name)
     ensemble_file = run.root / "ensemble.json"
-    ensemble = store.read_json(ensemble_file) if ensemble_file.exists() else None
+    ensemble, ensemble_missing = None, "No ensemble yet: run automl ensemble."
+    try:
+        ensemble = EnsembleResult.load(ensemble_file) if ensemble_file.exists() else None
+    except UserError as e:  # written by an older version: the rest of the report still stands
+        ensemble_missing = e.line()
     params = list(settings.space.get("params", {}))
     max_epochs = int(settings.space.get("fidelity", {}).get("max_epochs", 0))
     body = "".join([
         summary_section(settings, trials), leaderboard_section(trials, unlearned_classes_note(run, settings)), history_section(trials, settings.metric),
         importance_section(study), rungs_section(trials, max_epochs),
         parallel_section(trials, params, settings.metric), loss_weight_section(trials, settings.metric),
-        folds_section(run.root), ensemble_section(ensemble, settings.metric),
+        folds_section(run.root, ensemble), ensemble_section(ensemble, settings.metric, ensemble_missing),
         per_class_section(ensemble, settings.metric), worst_section(run.root, ensemble),
         audit_section(settings.dataset),
     ])

@@ -192,7 +192,7 @@ def build_augmentation(name: str, crop: int | None = None, seed: int | None = No
             mixer.ignore_index = ignore_index
     transforms = [t for t in transforms if not isinstance(t, Mixer)]
     if crop:
-        transforms = [A.CropNonEmptyMaskIfExists(crop, crop), *transforms]
+        transforms = [A.CropNonEmptyMaskIfExists(crop, crop, ignore_values=[ignore_index]), *transforms]
     return Augmentation(A.Compose(transforms, seed=seed), mixers)
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from automl.data.cache import ResizeCache
 from automl.data.dataset import SegmentationDataset
 from automl.data.formats import match_channels
-from automl.data.splits import holdout, strata
+from automl.data.splits import holdout, labelled_strata
 from automl.data.stats import LabelStats
 from trainables.augment import apply
 
@@ -34,7 +34,8 @@ class TrainData:
     def holdout_split(cls, dataset: SegmentationDataset, stats: LabelStats, val_fraction: float = 0.2,
                       seed: int = 0) -> "TrainData":
         """A seeded group holdout, stratified by the classes each image holds."""
-        is_val = holdout(dataset.groups, strata(stats.pixels, dataset.spec.task), val_fraction, seed)
+        is_val = holdout(dataset.groups, labelled_strata(stats.pixels, dataset.spec.task, dataset.training_only),
+                         val_fraction, seed, dataset.training_only)
         return cls(dataset, np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist())
 
 

@@ -53,7 +53,13 @@ def _smp(loss_class: str, **options) -> Callable[[str, int | None], LossFn]:
     def make(task: str, ignore_index: int | None) -> LossFn:
         import segmentation_models_pytorch as smp
 
-        module = getattr(smp.losses, loss_class)(mode=SMP_MODE[task], ignore_index=ignore_index, **options)
+        mode = SMP_MODE[task]
+        if loss_class == "FocalLoss" and task == "multilabel":
+            # smp's multilabel focal indexes each channel with an N x C x H x W ignore mask and fails; over
+            # channels of equal size its binary mode (one mean over every pixel of every channel) is the
+            # same number, and it leaves ignored pixels out
+            mode = "binary"
+        module = getattr(smp.losses, loss_class)(mode=mode, ignore_index=ignore_index, **options)
         if task == "multiclass":
             return lambda logits, target: module(logits, target.long())
         return module

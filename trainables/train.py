@@ -107,7 +107,7 @@ def make_loaders(config: TrialConfig, data: TrainData, device: torch.device) -> 
     flips = flip_policy(config, spec)
     augmentation = build_augmentation(config.data.augment, config.data.crop, seed=config.train.seed,
                                       horizontal=flips.horizontal, swaps=flips.swaps(spec.class_names),
-                                      ignore_index=spec.effective_ignore_index or 255)
+                                      ignore_index=spec.training_ignore_index or 255)
     channels = config.model.in_channels
     train_set = SegmentationTorchDataset(cache, data.train_indices, spec.task, augmentation, channels)
     val_set = SegmentationTorchDataset(cache, data.val_indices, spec.task, channels=channels)
@@ -190,7 +190,7 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
     model = build_model(config, spec.num_outputs).to(device, memory_format=torch.channels_last if cuda else
                                                      torch.contiguous_format)
     train_loader, val_loader = make_loaders(config, data, device)
-    loss_fn = HybridLoss(config.loss.terms, spec.task, spec.effective_ignore_index)
+    loss_fn = HybridLoss(config.loss.terms, spec.task, spec.training_ignore_index)
     optimizer = OPTIMIZERS.get(config.optim.name)(model.parameters(), config.optim.lr, config.optim.weight_decay,
                                                   config.optim.momentum)
     schedule = Schedule(optimizer, config.schedule.name, config.train.epochs, len(train_loader),

@@ -148,7 +148,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     rule = DropRule.parse(drop) if drop else None
     if rule and rule.measure == "oof":
         per_image_csv = require_oof_scores(per_image_csv)  # before the audit's work, not after it
-    dataset = SegmentationDataset.from_yaml(dataset_yaml, strict=False)
+    dataset = SegmentationDataset.from_yaml(dataset_yaml, strict=False, pseudo=False)  # labels people wrote
     spec = dataset.spec
     stats = label_stats(dataset)
     flags = [{"id": "(dataset)", "reason": issue.kind, "detail": issue.detail} for issue in dataset.listing.issues]

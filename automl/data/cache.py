@@ -60,7 +60,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     chunks = [cv2.resize(np.ascontiguousarray(channels_last[..., i:i + CV2_MAX_CHANNELS]), (width, height),
                          interpolation=cv2.INTER_NEAREST).reshape(height, width, -1)
               for i in range(0, channels_last.shape[2], CV2_MAX_CHANNELS)]
-    return np.concatenate(chunks, axis=2).transpose(2, 0, 1).astype(bool)
+    return np.concatenate(chunks, axis=2).transpose(2, 0, 1).astype(mask.dtype)  # bool, or a pseudo-label's uint8
 
 
 class ResizeCache:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
+
+import numpy as np
 
 from automl.config import DatasetSpec, load_dataset_spec
 from automl.data import formats
@@ -17,13 +20,19 @@ class SegmentationDataset:
     the issues with the sample so they can be listed.
     """
 
-    def __init__(self, spec: DatasetSpec, strict: bool = True):
+    def __init__(self, spec: DatasetSpec, strict: bool = True, pseudo: bool = True):
         self.spec = spec
         self.strict = strict
         self.reader = formats.create_reader(spec)
         self.listing: Listing = self.reader.listing()
         self.excluded: list[str] = []
         self.records: list[Record] = self._without_excluded(self.listing.records)
+        if pseudo and spec.pseudo:  # inspect and audit look at the labelled images only
+            clash = next((r.id for r in self.records if r.id.startswith(PSEUDO_PREFIX)), None)
+            if clash:
+                raise UserError(f"labelled image '{clash}' has an id pseudo-labelled images use", file=spec.source,
+                                key="pseudo", fix="move the labelled images out of a folder named pseudo/")
+            self.records += pseudo_records(spec)
         if strict:
             self._raise_fatal(self.listing.issues, spec.source)
         if not self.records:
@@ -52,8 +61,8 @@ class SegmentationDataset:
         return kept
 
     @classmethod
-    def from_yaml(cls, path: str | Path, strict: bool = True) -> "SegmentationDataset":
-        return cls(load_dataset_spec(path), strict=strict)
+    def from_yaml(cls, path: str | Path, strict: bool = True, pseudo: bool = True) -> "SegmentationDataset":
+        return cls(load_dataset_spec(path), strict=strict, pseudo=pseudo)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -71,6 +80,15 @@ class SegmentationDataset:
     def groups(self) -> list[str]:
         return [r.group for r in self.records]
 
+    @property
+    def training_only(self) -> np.ndarray:
+        """Boolean per record: pseudo-labelled, so never in a validation split, OOF or score."""
+        return np.array([r.training_only for r in self.records], bool)
+
+    @property
+    def labelled_ids(self) -> list[str]:
+        return [r.id for r in self.records if not r.training_only]
+
     def load(self, index: int) -> Sample:
         return self.load_with_issues(index)[0]
 
@@ -78,14 +96,14 @@ class SegmentationDataset:
         record = self.records[index]
         image = formats.read_image(record.image)
         height, width = image.shape[:2]
-        mask, issues = self.reader.read_mask(record, height, width)
+        mask, issues = self._read_mask(record, height, width)
         if self.strict:
             self._raise_fatal(issues, (self.label_files(index) or [record.image])[0])
         return Sample(record.id, record.group, image, mask, (height, width)), issues
 
     def read_mask(self, index: int, height: int, width: int) -> tuple:
         """The mask alone (no image decode), for statistics over a dataset."""
-        mask, issues = self.reader.read_mask(self.records[index], height, width)
+        mask, issues = self._read_mask(self.records[index], height, width)
         if self.strict:
             self._raise_fatal(issues, (self.label_files(index) or [self.records[index].image])[0])
         return mask, issues
@@ -95,7 +113,12 @@ class SegmentationDataset:
         return [self.records[index].image, *self.label_files(index)]
 
     def label_files(self, index: int) -> list[Path]:
-        return self.reader.label_files(self.records[index])
+        record = self.records[index]
+        return [record.label] if record.training_only else self.reader.label_files(record)
+
+    def _read_mask(self, record: Record, height: int, width: int) -> tuple:
+        return read_pseudo_mask(self.spec, record, height, width) if record.training_only else \
+            self.reader.read_mask(record, height, width)
 
     def _raise_fatal(self, issues: list[Issue], file: str | Path) -> None:
         fatal = [issue for issue in issues if issue.fatal]
@@ -105,3 +128,39 @@ class SegmentationDataset:
             more = f" (+{len(fatal) - 1} more)" if len(fatal) > 1 else ""
             raise UserError(f"{fatal[0].detail}{more}", file=file,
                             fix=(fix or "fix the label") + "; `automl data audit` lists every such problem")
+
+
+PSEUDO_PREFIX = "pseudo/"
+
+
+def pseudo_records(spec: DatasetSpec) -> list[Record]:
+    """The pseudo-labelled images of `spec.pseudo` that have a mask, as training-only records."""
+    if spec.pseudo is None:
+        return []
+    pattern = spec.resolve(spec.pseudo.images)
+    masks = spec.resolve(spec.pseudo.masks)
+    records = []
+    for path in sorted(Path(p) for p in glob.glob(str(pattern), recursive=True)):
+        mask = masks / f"{path.stem}.npy"
+        if path.is_file() and mask.is_file():
+            image_id = f"{PSEUDO_PREFIX}{path.name}"
+            records.append(Record(image_id, path, image_id, mask, training_only=True))
+    if not records:
+        raise UserError(f"no pseudo-labelled image: nothing matches {pattern} with a mask in {masks}",
+                        file=spec.source, key="pseudo", fix="run `automl pseudo` again, or remove the key")
+    return records
+
+
+def read_pseudo_mask(spec: DatasetSpec, record: Record, height: int, width: int) -> tuple:
+    """A mask `automl pseudo` wrote: HxW (multiclass, binary) or CxHxW (multilabel) uint8, with
+    `pseudo.ignore` on the pixels the ensemble was not sure of."""
+    try:
+        mask = np.load(record.label, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read this pseudo-label: {e}", file=record.label,
+                        fix="run `automl pseudo` again") from None
+    expected = (spec.num_outputs, height, width) if spec.task == "multilabel" else (height, width)
+    if mask.shape != expected or mask.dtype != np.uint8:
+        return (np.zeros(expected, np.uint8),
+                [Issue("size_mismatch", f"pseudo-label {mask.dtype} {mask.shape} vs expected uint8 {expected}")])
+    return mask, []

@@ -39,6 +39,7 @@ class Record:
     image: Path
     group: str
     label: Any = None  # reader-specific: a label file, or a COCO image id
+    training_only: bool = False  # a pseudo-labelled image: trained on, never validated or scored
 
 
 @dataclass(frozen=True)

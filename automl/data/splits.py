@@ -33,6 +33,14 @@ def strata(pixels: np.ndarray, task: str) -> np.ndarray:
     return np.where(present.any(axis=1), rarity.argmin(axis=1), NO_CLASS)
 
 
+def labelled_strata(pixels: np.ndarray, task: str, training_only: np.ndarray) -> np.ndarray:
+    """Strata of the labelled rows computed among themselves (multilabel strata depend on how often each
+    class occurs, so pseudo-labelled rows must not shift them); training-only rows get their own."""
+    out = np.full(len(pixels), NO_CLASS - 1)
+    out[~training_only] = strata(pixels[~training_only], task)
+    return out
+
+
 def group_subsample(groups: list[str], sample_strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Sorted sample indices of a seeded fraction of the groups, taken per stratum so rare classes stay.
 
@@ -88,10 +96,20 @@ def stratifiable(sample_strata: np.ndarray | None, n_folds: int) -> bool:
     return len(counts) > 1 and counts.max() >= n_folds
 
 
-def holdout(groups: list[str], sample_strata: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a held-out validation set of about `fraction` of the groups."""
-    n_folds = min(max(2, int(round(1 / fraction))), len(set(groups)))
-    return kfold(groups, sample_strata, n_folds, seed) == 0
+def holdout(groups: list[str], sample_strata: np.ndarray | None, fraction: float, seed: int,
+            training_only: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of a held-out validation set of about `fraction` of the groups; `training_only` rows
+    (pseudo-labelled) are never in it and do not move the split of the others."""
+    keep = np.ones(len(groups), bool) if training_only is None else ~training_only
+    rows = np.flatnonzero(keep)
+    kept_groups = [groups[i] for i in rows]
+    n_folds = min(max(2, int(round(1 / fraction))), len(set(kept_groups)))
+    is_val = np.zeros(len(groups), bool)
+    is_val[rows] = kfold(kept_groups, None if sample_strata is None else sample_strata[rows], n_folds, seed) == 0
+    return is_val
+
+
+TRAINING_ONLY = -1
 
 
 @dataclass
@@ -100,7 +118,7 @@ class Splits:
 
     ids: list[str]
     groups: list[str]
-    fold: list[int]  # fold in which each id is validated
+    fold: list[int]  # fold in which each id is validated; -1: training only (pseudo-labelled), never validated
     seed: int
     method: str
 
@@ -113,6 +131,16 @@ class Splits:
 
     def training(self, k: int) -> list[str]:
         return [i for i, f in zip(self.ids, self.fold) if f != k]
+
+    @property
+    def validated_ids(self) -> list[str]:
+        """The ids some fold validates (the rows of an OOF file), in order."""
+        return [i for i, f in zip(self.ids, self.fold) if f >= 0]
+
+    def with_training_only(self, ids: list[str]) -> "Splits":
+        """These splits plus `ids` in every fold's training set and in no validation set."""
+        return Splits(self.ids + list(ids), self.groups + list(ids), self.fold + [TRAINING_ONLY] * len(ids),
+                      self.seed, self.method)
 
     def save(self, path: str | Path) -> None:
         store.write_json(path, asdict(self))
@@ -132,3 +160,11 @@ def make_kfold_splits(ids: list[str], groups: list[str], sample_strata: np.ndarr
     fold = kfold(groups, sample_strata, n_folds, seed)
     method = "StratifiedGroupKFold" if stratifiable(sample_strata, n_folds) else "GroupKFold"
     return Splits(list(ids), list(groups), [int(f) for f in fold], seed, method)
+
+
+def saved_splits_for(path: str | Path, dataset) -> Splits:
+    """The study's saved folds (made on its labelled images; a dataset whose labelled images changed is
+    refused) with the dataset's pseudo-labelled images added as training only."""
+    splits = Splits.load(path, dataset.labelled_ids)
+    extra = [record.id for record in dataset.records if record.training_only]
+    return splits.with_training_only(extra) if extra else splits

@@ -45,6 +45,13 @@ class LabelStats:
     def input_channels(self) -> int:
         return input_channels(self.channels if self.channels is not None else np.array([]))
 
+    def subset(self, rows: np.ndarray) -> "LabelStats":
+        """The statistics of these rows only (e.g. the labelled images, without pseudo-labelled ones)."""
+        pick = (lambda a: None if a is None else a[rows])
+        return LabelStats([self.ids[i] for i in rows], [self.groups[i] for i in rows], self.sizes[rows],
+                          self.pixels[rows], [self.issues[i] for i in rows], pick(self.centre_x),
+                          pick(self.channels), pick(self.bits))
+
 
 def input_channels(channels: np.ndarray) -> int:
     """1 when every readable image is single-channel (a model can take it as it is), else 3."""
@@ -65,8 +72,8 @@ def image_channels(dataset: SegmentationDataset, workers: int = 4) -> np.ndarray
 
 
 def class_pixels(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:
-    if task == "multilabel":
-        return mask.reshape(num_outputs, -1).sum(axis=1)
+    if task == "multilabel":  # == 1: a pseudo-label's unsure pixels (255) are no class
+        return (mask.reshape(num_outputs, -1) == 1).sum(axis=1)
     if task == "binary":
         return np.array([(mask == 1).sum()])
     return np.bincount(mask.ravel(), minlength=256)[:num_outputs]
@@ -77,7 +84,7 @@ def class_centre_x(mask: np.ndarray, task: str, num_outputs: int) -> np.ndarray:
     width = mask.shape[-1]
     columns = (np.arange(width, dtype=np.float64) + 0.5) / width
     if task == "multilabel":
-        counts = mask.reshape(num_outputs, -1, width).sum(axis=1).astype(np.float64)  # C x W
+        counts = (mask.reshape(num_outputs, -1, width) == 1).sum(axis=1).astype(np.float64)  # C x W
     elif task == "binary":
         counts = (mask == 1).sum(axis=0, dtype=np.float64)[None]
     else:

@@ -9,12 +9,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from automl.data.dataset import SegmentationDataset
+from automl.data.dataset import SegmentationDataset, pseudo_records
 from automl.data.stats import label_stats
 
 
 def inspect_dataset(dataset_yaml: str | Path, console: Console | None = None) -> dict:
-    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    dataset = SegmentationDataset.from_yaml(dataset_yaml, pseudo=False)  # the labelled images; pseudo counted apart
     spec = dataset.spec
     stats = label_stats(dataset)
     group_sizes = np.array(list(Counter(stats.groups).values()))
@@ -25,6 +25,7 @@ def inspect_dataset(dataset_yaml: str | Path, console: Console | None = None) ->
         "images": len(dataset),
         "unlabeled_images": len(dataset.listing.unlabeled_images),
         "excluded": len(dataset.excluded),
+        "pseudo_labelled": len(pseudo_records(spec)) if spec.pseudo else 0,
         "orphan_labels": len(dataset.listing.orphan_labels),
         "groups": len(group_sizes),
         "images_per_group": [int(group_sizes.min()), float(np.median(group_sizes)), int(group_sizes.max())],
@@ -53,6 +54,9 @@ def _print(summary: dict, console: Console) -> None:
     console.print(f"[bold]{summary['name']}[/] · {summary['task']} · {summary['format']} · {n} labelled images "
                   f"in {summary['groups']} groups (images per group min/median/max "
                   f"{'/'.join(str(v) for v in summary['images_per_group'])})")
+    if summary["pseudo_labelled"]:
+        console.print(f"{summary['pseudo_labelled']} pseudo-labelled images train with them (`pseudo` in the "
+                      f"dataset.yaml); they are not inspected, audited, validated or scored")
     if summary["excluded"]:
         console.print(f"{summary['excluded']} images are excluded from training (`exclude` in the dataset.yaml)")
     if summary["unlabeled_images"] or summary["orphan_labels"]:
