@@ -132,7 +132,8 @@ def run_pseudo(options: PseudoOptions, echo: Callable[[str], None] = print) -> d
                         fix="rename them: their masks are named <name>.npy")
     device = pick_device()
     members, decisions = load_members(run, spec, device, None, options.checkpoints)
-    fold_members, _ = load_members(run, spec, device, None, "folds")
+    # the fold models are what `members` holds unless it took the refit models: load them once
+    fold_members = load_members(run, spec, device, None, "folds")[0] if decisions["refit"] else members
     folds = len(fold_members[0].networks)
     ignore = spec.effective_ignore_index if spec.effective_ignore_index is not None else PSEUDO_IGNORE
     out = Path(options.out)
