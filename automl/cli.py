@@ -220,16 +220,19 @@ def pseudo_command(
     runs_dir: Path = typer.Option(Path("runs"), help="Where studies live."),
     min_confidence: float = typer.Option(0.9, help="A pixel below this winning probability is ignored by the loss."),
     min_confident_fraction: float = typer.Option(0.5, help="An image with fewer sure pixels is left out."),
-    tta: str = typer.Option("flip", help="none | flip | flip+scale."),
+    tta: str = typer.Option("flip", help="none | flip."),
     checkpoints: str = typer.Option("auto", help="auto | folds | refit, as for predict."),
     batch: int = typer.Option(8, help="Images per batch."),
+    tile: Optional[int] = typer.Option(None, help="As predict --tile: resized images larger than this go through "
+                                                  "in Gaussian-blended tiles of this side."),
+    overlap: float = typer.Option(0.25, help="Overlap of neighbouring tiles, as a fraction of a tile."),
 ) -> None:
     """Pseudo-label unlabelled images with the study's ensemble: a training-only dataset for the next round."""
     from automl.pseudo import PseudoOptions, run_pseudo
 
     run_pseudo(PseudoOptions(study=study, images=images, out=out, runs_dir=runs_dir, min_confidence=min_confidence,
                              min_confident_fraction=min_confident_fraction, tta=tta, checkpoints=checkpoints,
-                             batch=batch), echo=console.print)
+                             batch=batch, tile=tile, overlap=overlap), echo=console.print)
 
 
 @app.command("refit")

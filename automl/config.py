@@ -76,6 +76,8 @@ class PseudoSpec(Frozen):
     fold_masks: str | None = Field(None, description="folder of fold {fold}'s masks, made without that fold's "
                                                      "labels: promote's fold k trains on these")
     folds_file: str | None = Field(None, description="the folds.json whose folds fold_masks follow")
+    folds_fingerprint: str | None = Field(None, description="those folds' Splits.fingerprint when the masks were "
+                                                            "made (a folds.json split again is other folds)")
     ignore: int = Field(255, ge=0, le=255, description="the mask value of a pixel the loss leaves out")
 
 

@@ -111,6 +111,13 @@ def list_prediction_images(images: str | Path) -> list[Path]:
     return found
 
 
+def check_tiling(tile: int | None, overlap: float) -> None:
+    if tile is not None:
+        require_at_least("--tile", tile, 32)
+    if not 0 <= overlap < 1:
+        raise UserError(f"--overlap must be in [0, 1), got {overlap}", key="--overlap", fix="e.g. --overlap 0.25")
+
+
 def predict_batch(members: list[Member], images: list[np.ndarray], spec: DatasetSpec, device: torch.device,
                   tta: str, scales: tuple[float, ...], eval_size: tuple[int, int], tile: int | None = None,
                   overlap: float = 0.25) -> torch.Tensor:
@@ -130,8 +137,11 @@ def predict_batch(members: list[Member], images: list[np.ndarray], spec: Dataset
             return tta_probabilities(net, batch, spec.task, tta, scales, member.flips.horizontal, swaps)
 
         tiled = tile is not None and max(x.shape[-2:]) > tile
-        folds = torch.stack([tiled_probabilities(partial(probabilities, net), x, tile, overlap) if tiled
-                             else probabilities(net, x) for net in member.networks]).mean(dim=0)
+        folds = None  # a running sum, not a stack: K full-size maps of a huge image would not fit
+        for net in member.networks:
+            one = tiled_probabilities(partial(probabilities, net), x, tile, overlap) if tiled else probabilities(net, x)
+            folds = one if folds is None else folds.add_(one)
+        folds = folds / len(member.networks)
         if tuple(folds.shape[-2:]) != eval_size:
             folds = F.interpolate(folds, size=eval_size, mode="bilinear", align_corners=False)
         total = folds * member.weight if total is None else total + folds * member.weight
@@ -192,10 +202,7 @@ def run_predict(runs_dir: str | Path, study: str, images: str | Path, out: str |
     if rle_order not in ("row", "column"):
         raise UserError(f"--rle-order must be row or column, got '{rle_order}'", key="--rle-order")
     require_at_least("--batch", batch, 1)
-    if tile is not None:
-        require_at_least("--tile", tile, 32)
-    if not 0 <= overlap < 1:
-        raise UserError(f"--overlap must be in [0, 1), got {overlap}", key="--overlap", fix="e.g. --overlap 0.25")
+    check_tiling(tile, overlap)
     if tta == "flip+scale" and (not scales or min(scales) <= 0):
         raise UserError(f"--scales must be positive factors, got {','.join(map(str, scales))}", key="--scales",
                         fix="e.g. --scales 0.75,1,1.25")

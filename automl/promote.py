@@ -56,6 +56,20 @@ class FoldContext:
 
 # ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
 
+def oof_tile(config: TrialConfig) -> int | None:
+    """The tile side a fold predicts its OOF images with: the crop it trained on, when the resized image is
+    larger (whole otherwise)."""
+    crop = config.data.crop
+    return crop if crop is not None and max(config.data.resized) > crop else None
+
+
+def fold_dataset(context: FoldContext, fold: int) -> SegmentationDataset:
+    """What fold `fold` trains on: with fold masks, its pseudo-labels are the ones its validation labels never
+    reached."""
+    spec = load_dataset_spec(context.dataset)
+    return SegmentationDataset(spec.for_fold(fold) if context.pseudo_fold_masks else spec)
+
+
 def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     import ray
     import torch
@@ -73,8 +87,7 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     out = paths.fold_dir(model, fold)
     trial_config = TrialConfig(**context.configs[model])
     splits = Splits(**context.splits)
-    spec = load_dataset_spec(context.dataset)
-    dataset = SegmentationDataset(spec.for_fold(fold) if context.pseudo_fold_masks else spec)
+    dataset = fold_dataset(context, fold)
     position = dataset.index_of
     val_ids = splits.validation(fold)
     data = TrainData.from_ids(dataset, splits.training(fold), val_ids)
@@ -86,7 +99,8 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     cache = ResizeCache(dataset, trial_config.data.resize)
     channels = trial_config.model.in_channels
     images = np.stack([match_channels(np.asarray(cache[position[i]].image), channels) for i in val_ids])
-    probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size)
+    probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size,
+                                          tile=oof_tile(trial_config))
     store.save_npy(out / "oof.npy", to_uint8(probabilities))
     done = FoldResult(model=model, fold=fold, ids=val_ids, score=result.final_score,
                       checkpoint=result.checkpoint.name, best_epoch=result.best_epoch,
@@ -135,14 +149,16 @@ def folds_for(dataset: SegmentationDataset, paths: PromotedPaths, n_folds: int, 
     return splits
 
 
-def pseudo_fold_masks(spec, paths: PromotedPaths, echo) -> bool:
+def pseudo_fold_masks(spec, paths: PromotedPaths, splits: Splits, echo) -> bool:
     """Whether each fold can train on pseudo-labels made without its labels: they were made by this
-    study's fold models, for these folds. Otherwise the pseudo-labels carry labels of the images the folds
-    are scored on, and the out-of-fold scores of these models read high: say so."""
+    study's fold models, for these very folds (a folds.json split again since holds other folds). Otherwise
+    the pseudo-labels carry labels of the images the folds are scored on, and the out-of-fold scores of
+    these models read high: say so."""
     pseudo = spec.pseudo
     if pseudo is None:
         return False
-    if pseudo.fold_masks and pseudo.folds_file and Path(pseudo.folds_file) == paths.folds.resolve():
+    if (pseudo.fold_masks and pseudo.folds_file and Path(pseudo.folds_file) == paths.folds.resolve()
+            and pseudo.folds_fingerprint == splits.fingerprint):
         return True
     echo("note: these pseudo-labels were not made by this study's fold models, so every fold trains on labels "
          "derived from its own validation images: the out-of-fold scores of these models are optimistic")
@@ -254,7 +270,7 @@ def run_promote(options: PromoteOptions, echo: Callable[[str], None] = print) ->
 
         prebuild(dataset, [TrialConfig(**config).data.resize for config in configs.values()])
         context = FoldContext(str(run.root), data, configs, splits.__dict__, eval_size,
-                              max(1, int(options.cpus_per_trial)), pseudo_fold_masks(dataset.spec, paths, echo))
+                              max(1, int(options.cpus_per_trial)), pseudo_fold_masks(dataset.spec, paths, splits, echo))
         run_jobs(run_fold, context, jobs, options, run.root, "promote")
     return summarize(paths, configs, splits, eval_size, dataset.spec.num_outputs, echo)
 

@@ -22,6 +22,7 @@ import numpy as np
 from automl import store
 from automl.config import DatasetSpec, load_dataset_spec, read_yaml
 from automl.data import formats
+from automl.data.splits import Splits
 from automl.errors import UserError, require_at_least
 from automl.postprocess import final_mask
 
@@ -39,6 +40,8 @@ class PseudoOptions:
     tta: str = "flip"
     checkpoints: str = "auto"
     batch: int = 8
+    tile: int | None = None  # as predict --tile: resized images larger than this go through in tiles
+    overlap: float = 0.25
 
 
 def confident_mask(probabilities: np.ndarray, task: str, thresholds, postprocess, min_confidence: float,
@@ -59,13 +62,15 @@ def confident_mask(probabilities: np.ndarray, task: str, thresholds, postprocess
 
 
 def pseudo_masks(members, fold_members, originals: list[np.ndarray], spec: DatasetSpec, device, decisions: dict,
-                 tta: str, min_confidence: float, ignore: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+                 tta: str, min_confidence: float, ignore: int, tile: int | None = None, overlap: float = 0.25
+                 ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Each image's mask by the whole ensemble (`members`), and per fold k by the members' fold-k models
     alone (`fold_members`, whose networks are the fold models in fold order)."""
     from automl.predict import predict_batch, to_original_size
 
     def masks_of(chosen) -> list[np.ndarray]:
-        probabilities = predict_batch(chosen, originals, spec, device, tta, (1.0,), decisions["eval_size"])
+        probabilities = predict_batch(chosen, originals, spec, device, tta, (1.0,), decisions["eval_size"], tile,
+                                      overlap)
         return [confident_mask(to_original_size(probs, image.shape[:2]).numpy(), spec.task, decisions["thresholds"],
                                decisions["postprocess"], min_confidence, ignore)
                 for image, probs in zip(originals, probabilities)]
@@ -79,7 +84,7 @@ def sure_fraction(mask: np.ndarray, ignore: int = PSEUDO_IGNORE) -> float:
     return float((mask != ignore).mean())
 
 
-def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path) -> dict:
+def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path, folds_fingerprint: str) -> dict:
     """The study's dataset.yaml with absolute paths, named <name>-pseudo, plus the pseudo section."""
     data = read_yaml(Path(spec.source), "dataset.yaml")
     data["name"] = out.name  # promote names the next round's models trialNNNN-<this>
@@ -89,8 +94,21 @@ def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path) ->
     data["cache_dir"] = str(spec.cache_root)
     masks = (out / "masks").resolve()
     data["pseudo"] = {"images": str((out / "images").resolve() / "*"), "masks": str(masks / "all"),
-                      "fold_masks": str(masks / "fold{fold}"), "folds_file": str(folds_file), "ignore": ignore}
+                      "fold_masks": str(masks / "fold{fold}"), "folds_file": str(folds_file), "folds_fingerprint": folds_fingerprint,
+                      "ignore": ignore}
     return data
+
+
+def holdout_note(dataset) -> str:
+    """One line for a search or `train` on a dataset with pseudo-labels: its holdout images are labelled
+    images the ensemble that made masks/all trained on, so their labels reach the models through the
+    pseudo-labels and the holdout score reads high. Promote's folds train on masks/fold<k> instead."""
+    count = int(dataset.training_only.sum())
+    if not count:
+        return ""
+    return (f"note: {count} pseudo-labelled images train here with the whole ensemble's labels, which learned "
+            f"the held-out images too: the holdout score is optimistic (out-of-fold scores from `automl promote "
+            f"--data` are not)")
 
 
 def check_options(options: PseudoOptions) -> None:
@@ -101,6 +119,9 @@ def check_options(options: PseudoOptions) -> None:
         raise UserError(f"--min-confident-fraction must be in [0, 1], got {options.min_confident_fraction}",
                         key="--min-confident-fraction", fix="e.g. --min-confident-fraction 0.5")
     require_at_least("--batch", options.batch, 1)
+    from automl.predict import check_tiling
+
+    check_tiling(options.tile, options.overlap)
     if options.tta not in ("none", "flip"):
         raise UserError(f"--tta must be none or flip for pseudo-labels, got '{options.tta}'", key="--tta",
                         fix="use --tta flip")
@@ -143,7 +164,7 @@ def run_pseudo(options: PseudoOptions, echo: Callable[[str], None] = print) -> d
         chunk = paths[start:start + options.batch]
         originals = [formats.read_image(p) for p in chunk]
         whole, by_fold = pseudo_masks(members, fold_members, originals, spec, device, decisions, options.tta,
-                                      options.min_confidence, ignore)
+                                      options.min_confidence, ignore, options.tile, options.overlap)
         for i, (path, mask) in enumerate(zip(chunk, whole)):
             fractions.append(sure_fraction(mask, ignore))
             if fractions[-1] < options.min_confident_fraction:
@@ -158,7 +179,8 @@ def run_pseudo(options: PseudoOptions, echo: Callable[[str], None] = print) -> d
                         f"{options.min_confidence} confidence (best: {max(fractions):.0%})", key="--min-confidence",
                         fix="lower --min-confidence or --min-confident-fraction")
     yaml_path = out / "dataset.yaml"
-    store.write_yaml(yaml_path, derived_yaml(spec, out, ignore, (run.root / "folds.json").resolve()))
+    folds_file = (run.root / "folds.json").resolve()
+    store.write_yaml(yaml_path, derived_yaml(spec, out, ignore, folds_file, Splits.load(folds_file).fingerprint))
     echo(f"pseudo-labelled {len(kept)} of {len(paths)} images, once by the whole ensemble and once per fold by "
          f"the models that never saw that fold's labels (sure pixels: median "
          f"{np.median(fractions):.0%}; left out: {len(paths) - len(kept)} under {options.min_confident_fraction:.0%}"

@@ -27,6 +27,7 @@ from automl.display import format_value, short
 from automl.errors import UserError, require_at_least, require_positive
 from automl.metrics import METRIC_NAME
 from automl.plan import DataPlan, plan_data
+from automl.pseudo import holdout_note
 from automl.space import SearchSpace, load_space
 from automl.study_storage import HEARTBEAT_S, budget, open_storage
 
@@ -126,8 +127,9 @@ def prepare(options: SearchOptions, echo: Callable[[str], None] = print
             stats = label_stats(dataset)  # image sizes and class pixels, read once for the plan, space and split
             labelled = stats.subset(np.flatnonzero(~dataset.training_only))  # pseudo-labels decide nothing
             plan = plan_data(dataset, labelled)
-            for note in plan.notes():
-                echo(note)
+            for note in [*plan.notes(), holdout_note(dataset)]:
+                if note:
+                    echo(note)
             space = load_space(options.space, median_side(labelled), options.fixed, defaults=plan.defaults())
             fidelity = space.fidelity.model_copy(update={k: v for k, v in {
                 "max_epochs": options.max_epochs, "subsample": options.subsample}.items() if v is not None})

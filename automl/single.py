@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from automl.config import load_dataset_spec, load_trial_config
 from automl.data.dataset import SegmentationDataset
 from automl.errors import UserError
 from automl.data.stats import label_stats
 from automl.plan import plan_data
+from automl.pseudo import holdout_note
 from trainables.data import TrainData
 from trainables.train import TrainResult, train
 
@@ -21,9 +24,10 @@ def run_single(config_path: str | Path, dataset_yaml: str | Path, out: str | Pat
     load_trial_config(config_path)  # a mistake in the file stops here, before the labels are read
     dataset = SegmentationDataset(load_dataset_spec(dataset_yaml))
     stats = label_stats(dataset)  # one read of the labels: the plan and the stratified split
-    plan = plan_data(dataset, stats)
-    for note in plan.notes():
-        echo(note)
+    plan = plan_data(dataset, stats.subset(np.flatnonzero(~dataset.training_only)))  # pseudo-labels decide nothing
+    for note in [*plan.notes(), holdout_note(dataset)]:
+        if note:
+            echo(note)
     config = load_trial_config(config_path, defaults=plan.defaults())
     out = Path(out) if out else Path("runs") / "train" / time.strftime("%Y%m%d-%H%M%S")
     data = TrainData.holdout_split(dataset, stats, val_fraction, seed)

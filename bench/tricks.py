@@ -131,7 +131,9 @@ def main() -> None:
     plan = plan_data(dataset, stats)
     test = set(test_ids)
     train_ids = [i for i in dataset.ids if i not in test]
-    dropped = set(dropped_by_area(DropRule.parse(DROP_RULE), stats)) & set(train_ids)
+    # the audit a user runs: on the training images they have (the test images' labels are never read)
+    train_rows = np.array([i for i, image_id in enumerate(dataset.ids) if image_id not in test])
+    dropped = set(dropped_by_area(DropRule.parse(DROP_RULE), stats.subset(train_rows), dataset.spec.task))
     steps_per_epoch = math.ceil(len(train_ids) / 8)  # every run: the same steps, one pass of the full split
     base = {"model.encoder": "resnet18", "model.in_channels": plan.in_channels, "data.resize": args.resize,
             "data.flips": plan.flips.policy.model_dump(mode="json"), "train.epochs": args.epochs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -219,3 +220,21 @@ def test_audit_drop_names_the_list_relative_to_the_datasets_root(run_cli, tmp_pa
     with open(config, "a") as f:
         f.write(f"exclude: {line}\n")
     assert SegmentationDataset.from_yaml(config).excluded == ["im/huge1.png"]
+
+
+def test_area_z_never_scores_the_multiclass_background():
+    """An image whose one object covers 1 % of it has 99 % background: against images with 20 % objects that
+    background is a z outlier, but only the object's own area may drop an image (fls_sonar's small debris)."""
+    from automl.data.audit import DropRule, area_outliers, dropped_by_area
+    from automl.data.stats import LabelStats
+
+    object_share = [0.20, 0.21, 0.19, 0.20, 0.22, 0.18, 0.01]
+    pixels = np.array([[round((1 - s) * 10_000), round(s * 10_000)] for s in object_share])
+    stats = LabelStats([f"im{i}" for i in range(7)], [f"im{i}" for i in range(7)], np.full((7, 2), 100), pixels,
+                       [[] for _ in range(7)])
+    rule = DropRule.parse("area_z>1.2")
+    assert dropped_by_area(rule, stats, "multiclass") == []  # the small object is z -2.4, not > 1.2
+    assert dropped_by_area(DropRule.parse("area_z<-1.2"), stats, "multiclass") == ["im6"]
+    assert dropped_by_area(rule, stats, "multilabel") == ["im6"]  # a multilabel column 0 is a class: scored
+    flagged = area_outliers(stats, ["background", "debris"], 1.2, "multiclass")
+    assert [f["id"] for f in flagged] == ["im6"] and "'debris'" in flagged[0]["detail"]

@@ -66,7 +66,8 @@ def rounds(tmp_path_factory, ray_session):
     runs, lines = root / "runs", []
     run_search(SearchOptions(data=dataset_yaml, study="s", runs_dir=runs, trials=1, max_epochs=1, prune=False,
                              subsample=1.0, wandb="off", fixed=FAST), echo=lines.append)
-    run_promote(PromoteOptions(study="s", runs_dir=runs, top=1, folds=2, epochs=1), echo=lines.append)
+    # 12 epochs of 1 step: enough for calls the ensemble is sure of (after 1 step every pixel is unsure)
+    run_promote(PromoteOptions(study="s", runs_dir=runs, top=1, folds=2, epochs=12), echo=lines.append)
     first = run_ensemble(runs, "s", echo=lines.append)
     pseudo = run_pseudo(PseudoOptions(study="s", images=str(unlabelled), out=root / "round2", runs_dir=runs,
                                       min_confidence=0.6, min_confident_fraction=0.0), echo=lines.append)
@@ -94,6 +95,8 @@ def test_pseudo_writes_masks_and_a_training_only_dataset(rounds):
     sample = derived.load(derived.index_of[pseudo_ids[0]])
     assert sample.mask.dtype == np.uint8 and sample.mask.shape == (3, 32, 32)
     assert set(np.unique(sample.mask)) <= {0, 1, 255}
+    labels = np.stack([derived.load(derived.index_of[i]).mask for i in pseudo_ids])
+    assert 0.05 < np.mean(labels != 255) < 1  # real calls go through, and unsure pixels are left out
     assert any(line.startswith("pseudo-labelled 6 of 6 images") for line in rounds["lines"])
     masks = Path(pseudo["dataset"]).parent / "masks"
     assert sorted(p.name for p in masks.iterdir()) == ["all", "fold0", "fold1"]
@@ -123,6 +126,8 @@ def test_no_pseudo_image_is_ever_validated_or_scored(rounds):
     assert Splits(**json.loads((other / "folds.json").read_text())).ids == original.ids
     assert not any(i.startswith("pseudo/") for p in other.glob("oof/*.json") for i in json.loads(p.read_text())["ids"])
     assert not any(i.startswith("pseudo/") for i in json.loads((other / "search_split.json").read_text())["val"])
+    # study p's search held out labelled images the ensemble behind masks/all had learned: it says so
+    assert sum(line.startswith("note: 6 pseudo-labelled images train here") for line in rounds["lines"]) == 1
     notes = [line for line in rounds["lines"] if line.startswith("note: these pseudo-labels were not made by this")]
     assert len(notes) == 1  # study p's promote says its OOF is optimistic; study s's second round does not
 
@@ -157,6 +162,9 @@ def test_bad_pseudo_requests_are_one_line(rounds, run_cli):
     code, _, err = run_cli("pseudo", "s", "--images", rounds["unlabelled"], "--out", rounds["root"] / "x",
                            "--runs-dir", rounds["runs"], "--min-confidence", "1.5")
     assert code == 2 and "--min-confidence" in err
+    code, _, err = run_cli("pseudo", "s", "--images", rounds["unlabelled"], "--out", rounds["root"] / "x",
+                           "--runs-dir", rounds["runs"], "--tile", "8")
+    assert code == 2 and "--tile" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("pseudo", "s", "--images", rounds["unlabelled"], "--out", rounds["root"] / "strict",
                            "--runs-dir", rounds["runs"], "--min-confidence", "0.999", "--min-confident-fraction", "1")
     assert code == 2 and "no image has 100% of its pixels above 0.999 confidence" in err, err
@@ -170,7 +178,7 @@ def test_predict_after_the_second_round(rounds):
     result = run_predict(rounds["runs"], "s", rounds["data"].parent / "images", out, tta="flip",
                          evaluate=rounds["data"], echo=lambda line: None)
     assert result["images"] == 16 and result["evaluation"]["images"] == 16
-    assert 0 <= result["evaluation"]["score"] <= 1
+    assert 0.05 < result["evaluation"]["score"] <= 1  # the two rounds' ensemble finds the demo's shapes
 
 
 class Constant(torch.nn.Module):
@@ -198,3 +206,26 @@ def test_fold_k_masks_come_from_the_fold_k_models_alone(tmp_path):
     whole, by_fold = pseudo_masks(members, members, [image], spec, torch.device("cpu"), decisions, "flip", 0.9, 255)
     assert (whole[0] == 255).all() and whole[0].shape == (20, 24)  # the ensemble is not sure anywhere
     assert (by_fold[0][0] == 1).all() and (by_fold[1][0] == 0).all()  # each fold's models alone are
+
+
+def test_fold_k_trains_on_the_masks_made_without_its_labels_and_only_for_these_folds(rounds):
+    """The leak guard: promote's fold job reads masks/fold<k> when the folds are the ones the masks were made
+    for; a folds.json split again (other folds at the same path) gets the whole ensemble's masks and a note."""
+    from automl.promote import FoldContext, fold_dataset, pseudo_fold_masks
+    from automl.promoted import PromotedPaths
+
+    derived = SegmentationDataset.from_yaml(rounds["pseudo"]["dataset"])
+    paths = PromotedPaths(rounds["runs"] / "s")
+    splits = Splits.load(paths.folds)
+    masks = Path(rounds["pseudo"]["dataset"]).parent / "masks"
+    for fold, expected in ((0, "fold0"), (1, "fold1")):
+        context = FoldContext(str(paths.root), rounds["pseudo"]["dataset"], {}, splits.__dict__, (32, 32), 1, True)
+        dataset = fold_dataset(context, fold)
+        labels = {r.label.parent for r in dataset.records if r.training_only}
+        assert labels == {masks / expected}
+    lines = []
+    assert pseudo_fold_masks(derived.spec, paths, splits, lines.append) and not lines
+    resplit = Splits(splits.ids, splits.groups, [1 - f for f in splits.fold], splits.seed, splits.method)
+    assert resplit.fingerprint != splits.fingerprint
+    assert not pseudo_fold_masks(derived.spec, paths, resplit, lines.append)
+    assert len(lines) == 1 and "optimistic" in lines[0]

@@ -20,14 +20,20 @@ def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, images: np.ndarray, task: str, device: torch.device,
-                          out_size: tuple[int, int] | None = None, batch_size: int = 8) -> np.ndarray:
-    """N x H x W x channels uint8 images -> N x C x h x w float32 probabilities (resized to out_size if given)."""
+                          out_size: tuple[int, int] | None = None, batch_size: int = 8,
+                          tile: int | None = None) -> np.ndarray:
+    """N x H x W x channels uint8 images -> N x C x h x w float32 probabilities (resized to out_size if given).
+    With `tile`, images larger than it are predicted in Gaussian-blended tiles of that side (a model trained
+    on crops sees crop-sized inputs, as nnU-Net predicts its patches)."""
     model.eval()
     normalize = Normalizer(device, channels_last=device.type == "cuda", channels=images.shape[-1])
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2)))
-        probs = activate(segment(model, normalize(batch)).float(), task)
+        batch = normalize(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size].transpose(0, 3, 1, 2))))
+        if tile is not None and max(batch.shape[-2:]) > tile:
+            probs = tiled_probabilities(lambda tiles: _forward(model, tiles, task), batch, tile)
+        else:
+            probs = _forward(model, batch, task)
         if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
             probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
         chunks.append(probs.cpu().numpy())

@@ -34,12 +34,13 @@ from automl.errors import UserError, require_positive
 COLUMNS = ["id", "reason", "detail"]
 
 
-def area_z_scores(stats: LabelStats) -> tuple[np.ndarray, np.ndarray]:
+def area_z_scores(stats: LabelStats, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(images x classes z-scores of each class's area fraction over the images that contain it, NaN where
-    the class is absent or too rare to score; the area fractions)."""
+    the class is absent or too rare to score; the area fractions). A multiclass background is never scored:
+    it is whatever the objects leave, so an image with small objects would read as a background outlier."""
     fraction = stats.pixels / np.maximum(stats.sizes.prod(axis=1), 1)[:, None]
     z = np.full(fraction.shape, np.nan)
-    for c in range(fraction.shape[1]):
+    for c in range(1 if task == "multiclass" else 0, fraction.shape[1]):
         present = np.flatnonzero(stats.presence[:, c])
         values = fraction[present, c]
         if len(present) >= 3 and values.std() > 0:
@@ -47,9 +48,9 @@ def area_z_scores(stats: LabelStats) -> tuple[np.ndarray, np.ndarray]:
     return z, fraction
 
 
-def area_outliers(stats: LabelStats, class_names: list[str], z_threshold: float) -> list[dict]:
+def area_outliers(stats: LabelStats, class_names: list[str], z_threshold: float, task: str) -> list[dict]:
     """Per class, over the images that contain it: the z-score of the class's area fraction."""
-    z, fraction = area_z_scores(stats)
+    z, fraction = area_z_scores(stats, task)
     flags = []
     for c, name in enumerate(class_names):
         for i in np.flatnonzero(np.abs(np.nan_to_num(z[:, c])) > z_threshold):
@@ -91,8 +92,8 @@ class DropRule:
         return OPERATORS[self.op](values, self.value)
 
 
-def dropped_by_area(rule: DropRule, stats: LabelStats) -> list[str]:
-    z, _ = area_z_scores(stats)
+def dropped_by_area(rule: DropRule, stats: LabelStats, task: str) -> list[str]:
+    z, _ = area_z_scores(stats, task)
     return [stats.ids[i] for i in np.flatnonzero(rule.selects(z).any(axis=1))]  # NaN (class absent) never selects
 
 
@@ -161,7 +162,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     unreadable = {f["id"] for f in flags if f["reason"] == "unreadable_image"}
     flags += [f for f in undecodable_images(dataset) if f["id"] not in unreadable]
     flags += empty_masks(stats, spec.task)
-    flags += area_outliers(stats, spec.class_names, z)
+    flags += area_outliers(stats, spec.class_names, z, spec.task)
     pairs = mirrored_pairs(stats, spec.class_names, spec.task)
     flags += [{"id": "(dataset)", "reason": "mirrored_pair", "detail": pair.detail()} for pair in pairs]
     table = pd.DataFrame(flags, columns=COLUMNS)
@@ -174,7 +175,7 @@ def audit_dataset(dataset_yaml: str | Path, z: float = 3.0, csv: str | Path | No
     if decision.note:
         console.print(decision.note, soft_wrap=True)
     if rule:
-        dropped = (dropped_by_area(rule, stats) if rule.measure == "area_z" else
+        dropped = (dropped_by_area(rule, stats, spec.task) if rule.measure == "area_z" else
                    dropped_by_oof(rule, per_image_csv, set(stats.ids)))
         out = Path(exclude_out) if exclude_out else Path(spec.source).with_name("exclude.txt")
         ids = write_exclusion_list(out, rule, dropped, dataset.excluded)

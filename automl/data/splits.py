@@ -7,6 +7,8 @@ present class, binary by whether it has foreground.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,6 +143,12 @@ class Splits:
         """These splits plus `ids` in every fold's training set and in no validation set."""
         return Splits(self.ids + list(ids), self.groups + list(ids), self.fold + [TRAINING_ONLY] * len(ids),
                       self.seed, self.method)
+
+    @property
+    def fingerprint(self) -> str:
+        """Which image each fold validates, as a short hash: equal fingerprints, equal folds."""
+        assignment = sorted((i, f) for i, f in zip(self.ids, self.fold) if f >= 0)
+        return hashlib.sha256(json.dumps(assignment).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         store.write_json(path, asdict(self))

@@ -137,3 +137,29 @@ def test_a_4608_x_3456_vines_photo_in_512_px_tiles_stays_under_1_5_gb():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(3456, 4608, 3)" in result.stdout
     assert float(result.stdout.split()[-1]) < 1536, result.stdout
+
+
+def test_promote_predicts_oof_in_tiles_of_the_training_crop():
+    """A fold trained on crops of a larger resize predicts its OOF images in crop-sized tiles (what it saw in
+    training): for a pointwise model the result equals the whole image's; without crops nothing tiles."""
+    import numpy as np
+
+    from automl.config import TrialConfig
+    from automl.promote import oof_tile
+    from trainables.infer import predict_probabilities
+
+    assert oof_tile(TrialConfig(**{"data": {"resize": 128, "crop": 64}})) == 64
+    assert oof_tile(TrialConfig(**{"data": {"resize": 128}})) is None
+    assert oof_tile(TrialConfig(**{"data": {"resize": 64, "crop": 64}})) is None
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, kernel_size=1)
+    images = np.random.default_rng(0).integers(0, 256, (3, 96, 130, 3), dtype=np.uint8)
+    whole = predict_probabilities(model, images, "multiclass", torch.device("cpu"), (48, 65))
+    tiled = predict_probabilities(model, images, "multiclass", torch.device("cpu"), (48, 65), tile=32)
+    assert tiled.shape == whole.shape == (3, 4, 48, 65)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    seen = []
+    recorder = torch.nn.Conv2d(3, 4, kernel_size=1)
+    recorder.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
+    predict_probabilities(recorder, images, "multiclass", torch.device("cpu"), tile=64)
+    assert seen and max(max(shape) for shape in seen) == 64  # the model never saw more than a tile
