@@ -155,7 +155,7 @@ def squares_dataset(tmp_path, rng, sides: dict[str, int], exclude: str | None = 
                       labels={"format": "polygon_json", "path": "js"}, **extra)
 
 
-def test_audit_drop_writes_an_exclusion_list_that_search_and_promote_datasets_honour(run_cli, tmp_path, rng):
+def test_audit_drop_writes_an_exclusion_list_that_the_dataset_honours(run_cli, tmp_path, rng):
     """Hair-team rule: a mask whose area z-score exceeds 1.2 is label noise. 12 squares of side 6-8 and
     two of side 30 (z about +2.3): exactly the two big ones go, and the dataset then leaves them out."""
     from automl.data.dataset import SegmentationDataset
