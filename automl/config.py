@@ -280,6 +280,12 @@ class DataConfig(Frozen):
         """(height, width) of the resized image."""
         return (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
 
+    @property
+    def prediction_tile(self) -> int | None:
+        """The tile side whole images are predicted in: the training crop, when the resized image is larger
+        (what the model saw in training, as nnU-Net predicts its patches); None: whole."""
+        return self.crop if self.crop is not None and max(self.resized) > self.crop else None
+
     def input_sizes(self) -> list[tuple[int, int]]:
         """(height, width) of what the model sees: training crops (if any) and the resized image."""
         return [(self.crop, self.crop), self.resized] if self.crop else [self.resized]

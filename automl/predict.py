@@ -136,10 +136,11 @@ def predict_batch(members: list[Member], images: list[np.ndarray], spec: Dataset
         def probabilities(net, batch):
             return tta_probabilities(net, batch, spec.task, tta, scales, member.flips.horizontal, swaps)
 
-        tiled = tile is not None and max(x.shape[-2:]) > tile
+        side = tile if tile is not None else member.config.data.prediction_tile  # as its OOF was predicted
+        tiled = side is not None and max(x.shape[-2:]) > side
         folds = None  # a running sum, not a stack: K full-size maps of a huge image would not fit
         for net in member.networks:
-            one = tiled_probabilities(partial(probabilities, net), x, tile, overlap) if tiled else probabilities(net, x)
+            one = tiled_probabilities(partial(probabilities, net), x, side, overlap) if tiled else probabilities(net, x)
             folds = one if folds is None else folds.add_(one)
         folds = folds / len(member.networks)
         if tuple(folds.shape[-2:]) != eval_size:

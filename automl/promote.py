@@ -56,13 +56,6 @@ class FoldContext:
 
 # ---------------------------------------------------------------- one (model, fold) job, in a Ray worker
 
-def oof_tile(config: TrialConfig) -> int | None:
-    """The tile side a fold predicts its OOF images with: the crop it trained on, when the resized image is
-    larger (whole otherwise)."""
-    crop = config.data.crop
-    return crop if crop is not None and max(config.data.resized) > crop else None
-
-
 def fold_dataset(context: FoldContext, fold: int) -> SegmentationDataset:
     """What fold `fold` trains on: with fold masks, its pseudo-labels are the ones its validation labels never
     reached."""
@@ -100,7 +93,7 @@ def run_fold(config: dict[str, Any], context: FoldContext) -> None:
     channels = trial_config.model.in_channels
     images = np.stack([match_channels(np.asarray(cache[position[i]].image), channels) for i in val_ids])
     probabilities = predict_probabilities(network, images, dataset.spec.task, device, context.eval_size,
-                                          tile=oof_tile(trial_config))
+                                          tile=trial_config.data.prediction_tile)
     store.save_npy(out / "oof.npy", to_uint8(probabilities))
     done = FoldResult(model=model, fold=fold, ids=val_ids, score=result.final_score,
                       checkpoint=result.checkpoint.name, best_epoch=result.best_epoch,

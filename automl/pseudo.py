@@ -22,7 +22,8 @@ import numpy as np
 from automl import store
 from automl.config import DatasetSpec, load_dataset_spec, read_yaml
 from automl.data import formats
-from automl.data.splits import Splits
+from automl.data.splits import fold_fingerprint
+from automl.promoted import PromotedPaths
 from automl.errors import UserError, require_at_least
 from automl.postprocess import final_mask
 
@@ -84,7 +85,8 @@ def sure_fraction(mask: np.ndarray, ignore: int = PSEUDO_IGNORE) -> float:
     return float((mask != ignore).mean())
 
 
-def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path, folds_fingerprint: str) -> dict:
+def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path, folds_fingerprint: str | None
+                 ) -> dict:
     """The study's dataset.yaml with absolute paths, named <name>-pseudo, plus the pseudo section."""
     data = read_yaml(Path(spec.source), "dataset.yaml")
     data["name"] = out.name  # promote names the next round's models trialNNNN-<this>
@@ -97,6 +99,13 @@ def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path, fo
                       "fold_masks": str(masks / "fold{fold}"), "folds_file": str(folds_file), "folds_fingerprint": folds_fingerprint,
                       "ignore": ignore}
     return data
+
+
+def trained_folds(paths, members: list[str], folds: int) -> str | None:
+    """The fingerprint of the folds the members' fold models were trained on (from their done.json, not
+    folds.json, which may have been split again since); None when members disagree: no fold mask is safe."""
+    prints = {fold_fingerprint((i, k) for k in range(folds) for i in paths.fold_result(m, k).ids) for m in members}
+    return prints.pop() if len(prints) == 1 else None
 
 
 def holdout_note(dataset) -> str:
@@ -179,8 +188,8 @@ def run_pseudo(options: PseudoOptions, echo: Callable[[str], None] = print) -> d
                         f"{options.min_confidence} confidence (best: {max(fractions):.0%})", key="--min-confidence",
                         fix="lower --min-confidence or --min-confident-fraction")
     yaml_path = out / "dataset.yaml"
-    folds_file = (run.root / "folds.json").resolve()
-    store.write_yaml(yaml_path, derived_yaml(spec, out, ignore, folds_file, Splits.load(folds_file).fingerprint))
+    trained_on = trained_folds(PromotedPaths(run.root), [m.name for m in fold_members], folds)
+    store.write_yaml(yaml_path, derived_yaml(spec, out, ignore, (run.root / "folds.json").resolve(), trained_on))
     echo(f"pseudo-labelled {len(kept)} of {len(paths)} images, once by the whole ensemble and once per fold by "
          f"the models that never saw that fold's labels (sure pixels: median "
          f"{np.median(fractions):.0%}; left out: {len(paths) - len(kept)} under {options.min_confident_fraction:.0%}"

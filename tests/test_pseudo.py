@@ -223,6 +223,10 @@ def test_fold_k_trains_on_the_masks_made_without_its_labels_and_only_for_these_f
         dataset = fold_dataset(context, fold)
         labels = {r.label.parent for r in dataset.records if r.training_only}
         assert labels == {masks / expected}
+    from automl.pseudo import trained_folds
+
+    # the fingerprint pseudo wrote is the folds the fold models trained on (their done.json), here folds.json's
+    assert derived.spec.pseudo.folds_fingerprint == trained_folds(paths, ["trial0000"], 2) == splits.fingerprint
     lines = []
     assert pseudo_fold_masks(derived.spec, paths, splits, lines.append) and not lines
     resplit = Splits(splits.ids, splits.groups, [1 - f for f in splits.fold], splits.seed, splits.method)

@@ -12,6 +12,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -114,6 +115,11 @@ def holdout(groups: list[str], sample_strata: np.ndarray | None, fraction: float
 TRAINING_ONLY = -1
 
 
+def fold_fingerprint(validated: "Iterable[tuple[str, int]]") -> str:
+    """(image id, fold that validates it) pairs -> a short hash of the assignment."""
+    return hashlib.sha256(json.dumps(sorted(validated)).encode()).hexdigest()[:16]
+
+
 @dataclass
 class Splits:
     """Saved with the study so every later command validates on exactly the same images."""
@@ -147,8 +153,7 @@ class Splits:
     @property
     def fingerprint(self) -> str:
         """Which image each fold validates, as a short hash: equal fingerprints, equal folds."""
-        assignment = sorted((i, f) for i, f in zip(self.ids, self.fold) if f >= 0)
-        return hashlib.sha256(json.dumps(assignment).encode()).hexdigest()[:16]
+        return fold_fingerprint((i, f) for i, f in zip(self.ids, self.fold) if f >= 0)
 
     def save(self, path: str | Path) -> None:
         store.write_json(path, asdict(self))
@@ -159,7 +164,7 @@ class Splits:
         if ids is not None and set(ids) != set(splits.ids):
             changed = len(set(ids) ^ set(splits.ids))
             raise UserError(f"the dataset changed since these splits were made ({changed} images differ)",
-                            file=path, fix="use a new study, or delete the file to split again")
+                            file=path, fix="use a new study (its folds are made on the dataset as it is now)")
         return splits
 
 

@@ -134,10 +134,11 @@ def test_the_saved_checkpoint_is_the_swa_average(demo, tmp_path, monkeypatch):
 
     spec = demo.dataset.spec
     _, val_loader = make_loaders(config, demo, torch.device("cpu"))
-    score, _, _ = evaluate(saved, val_loader, HybridLoss(config.loss.terms, spec.task, None),
+    score, _, loss = evaluate(saved, val_loader, HybridLoss(config.loss.terms, spec.task, None),
                            Normalizer(torch.device("cpu"), channels_last=False, channels=config.model.in_channels),
                            SegmentationMeter(spec.task, spec.num_outputs, spec.effective_ignore_index), amp=False)
     assert score == pytest.approx(result.history[-1]["score"], abs=1e-6)
+    assert loss == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)  # continuous: the average's, not the last
 
 
 def test_the_saved_checkpoint_is_the_ema_model(demo, tmp_path, monkeypatch):

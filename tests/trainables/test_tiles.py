@@ -145,12 +145,11 @@ def test_promote_predicts_oof_in_tiles_of_the_training_crop():
     import numpy as np
 
     from automl.config import TrialConfig
-    from automl.promote import oof_tile
     from trainables.infer import predict_probabilities
 
-    assert oof_tile(TrialConfig(**{"data": {"resize": 128, "crop": 64}})) == 64
-    assert oof_tile(TrialConfig(**{"data": {"resize": 128}})) is None
-    assert oof_tile(TrialConfig(**{"data": {"resize": 64, "crop": 64}})) is None
+    assert TrialConfig(**{"data": {"resize": 128, "crop": 64}}).data.prediction_tile == 64
+    assert TrialConfig(**{"data": {"resize": 128}}).data.prediction_tile is None
+    assert TrialConfig(**{"data": {"resize": 64, "crop": 64}}).data.prediction_tile is None
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, kernel_size=1)
     images = np.random.default_rng(0).integers(0, 256, (3, 96, 130, 3), dtype=np.uint8)
@@ -163,3 +162,27 @@ def test_promote_predicts_oof_in_tiles_of_the_training_crop():
     recorder.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
     predict_probabilities(recorder, images, "multiclass", torch.device("cpu"), tile=64)
     assert seen and max(max(shape) for shape in seen) == 64  # the model never saw more than a tile
+
+
+def test_predict_tiles_a_crop_trained_member_like_its_oof_without_being_asked():
+    """The ensemble's decisions are made on OOF predicted in crop tiles: predict must predict the same way."""
+    import numpy as np
+
+    from automl.config import TrialConfig
+    from automl.data.demo import write_demo
+    from automl.config import load_dataset_spec
+    from automl.predict import Member, predict_batch
+
+    seen = []
+    recorder = torch.nn.Conv2d(3, 2, kernel_size=1)
+    recorder.register_forward_hook(lambda module, inputs, output: seen.append(max(inputs[0].shape[-2:])))
+    import tempfile
+    spec = load_dataset_spec(write_demo(Path(tempfile.mkdtemp()) / "d", "binary", n=2, size=32))
+    images = [np.zeros((70, 90, 3), np.uint8)]
+    cropped = Member("m", 1.0, TrialConfig(**{"data": {"resize": 96, "crop": 32}}), [recorder])
+    out = predict_batch([cropped], images, spec, torch.device("cpu"), "none", (1.0,), (96, 96))
+    assert out.shape == (1, 2, 96, 96) and seen and max(seen) == 32
+    seen.clear()
+    whole = Member("m", 1.0, TrialConfig(**{"data": {"resize": 96}}), [recorder])
+    predict_batch([whole], images, spec, torch.device("cpu"), "none", (1.0,), (96, 96))
+    assert seen == [96]
