@@ -96,8 +96,8 @@ def derived_yaml(spec: DatasetSpec, out: Path, ignore: int, folds_file: Path, fo
     data["cache_dir"] = str(spec.cache_root)
     masks = (out / "masks").resolve()
     data["pseudo"] = {"images": str((out / "images").resolve() / "*"), "masks": str(masks / "all"),
-                      "fold_masks": str(masks / "fold{fold}"), "folds_file": str(folds_file), "folds_fingerprint": folds_fingerprint,
-                      "ignore": ignore}
+                      "fold_masks": str(masks / "fold{fold}"), "folds_file": str(folds_file),
+                      "folds_fingerprint": folds_fingerprint, "ignore": ignore}
     return data
 
 
