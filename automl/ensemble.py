@@ -111,18 +111,23 @@ class Library:
 class Decision:
     """What is decided on OOF images and applied to new ones: a weighted soft vote with per-class thresholds
     (`order` None), or a hard vote of the models in `order` (None: majority, ties to the better-ranked;
-    else `min_votes` must agree); then the postprocessing plan."""
+    else `min_votes` must agree), each member cut at its own tuned thresholds (`member_thresholds`, member ->
+    thresholds; absent: 0.5); then the postprocessing plan."""
 
     weights: np.ndarray
     thresholds: np.ndarray | None = None
     postprocess: dict | None = None
     order: list[int] | None = None
     min_votes: int | None = None
+    member_thresholds: dict[int, np.ndarray | None] | None = None
+
+    def member_cut(self, member: int) -> np.ndarray | None:
+        return (self.member_thresholds or {}).get(member)
 
 
 def raw_masks(library: Library, decision: Decision, rows: slice) -> np.ndarray:
     if decision.order is not None:
-        return vote_masks(library, decision.order, decision.min_votes, rows)
+        return vote_masks(library, decision, rows)
     return to_masks(library.mean(decision.weights, rows), library.task, decision.thresholds)
 
 
@@ -149,7 +154,7 @@ def original_size_mask(library: Library, decision: Decision, row: int, size: tup
     members = {}  # each member decided right after upsampling: one full-size probability map at a time
     for m in decision.order:
         full = to_original_size(torch.from_numpy(library.arrays[m][window][0].astype(np.float32) / 255), size)
-        members[m] = to_masks(full.numpy()[None], library.task)
+        members[m] = to_masks(full.numpy()[None], library.task, decision.member_cut(m))
     voted = vote(members, decision.order, decision.min_votes, library.task, library.num_outputs)[0]
     return apply_plan(voted, library.task, decision.postprocess)
 
@@ -269,9 +274,10 @@ def tune_thresholds(library: Library, weights: np.ndarray) -> np.ndarray | None:
     return np.where(per_class.max(axis=0) > at_half, best, 0.5)  # keep 0.5 unless tuning helps
 
 
-def vote_masks(library: Library, order: list[int], min_votes: int | None, rows: slice) -> np.ndarray:
-    members = {m: to_masks(library.arrays[m][rows].astype(np.float32) / 255, library.task) for m in order}
-    return vote(members, order, min_votes, library.task, library.num_outputs)
+def vote_masks(library: Library, decision: Decision, rows: slice) -> np.ndarray:
+    members = {m: to_masks(library.arrays[m][rows].astype(np.float32) / 255, library.task, decision.member_cut(m))
+               for m in decision.order}
+    return vote(members, decision.order, decision.min_votes, library.task, library.num_outputs)
 
 
 def vote(decisions: dict[int, np.ndarray], order: list[int], min_votes: int | None, task: str,
@@ -332,9 +338,14 @@ def decide_uniform(library: Library) -> Decision:
 
 
 def decide_vote(library: Library, fraction: float | None) -> Decision:
-    order = rank(library)
+    """A hard vote of every model, each deciding at its own tuned thresholds (a vote is a baseline: tuned the
+    way the ensemble is, so the ensemble's gain over it is not threshold tuning)."""
+    ranked = ranked_singles(library)
+    order = [m for m, _, _ in ranked]
     min_votes = None if fraction is None else max(1, int(fraction * len(order)))
-    return with_postprocessing(library, Decision(np.ones(len(library.names)), order=order, min_votes=min_votes))
+    cuts = {m: decision.thresholds for m, _, decision in ranked}
+    return with_postprocessing(library, Decision(np.ones(len(library.names)), order=order, min_votes=min_votes,
+                                                 member_thresholds=cuts))
 
 
 @dataclass
@@ -506,6 +517,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
     final = selection.decision
     in_sample, _ = decision_scores(library, final, original=True)
     singles = single_scores(library)
+    best_model = rank(library)[0]  # the model behind best_single: ranked with its tuned thresholds, as scored
     table = pd.DataFrame({"id": library.ids, "score": ensemble.per_image}).sort_values("score", kind="stable")
     with store.atomic_path(run.root / "ensemble_per_image.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -518,7 +530,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         members=[library.names[i] for i in members], weights=[float(weights[i]) for i in members],
         thresholds=None if final.thresholds is None else [float(t) for t in final.thresholds],
         postprocess=final.postprocess, score=float(ensemble.score), score_in_sample=float(in_sample),
-        best_single=float(best_single.score), best_single_model=library.names[int(singles.argmax())],
+        best_single=float(best_single.score), best_single_model=library.names[best_model],
         **{name: float(value) for name, value in baselines.items()},
         single_scores=dict(zip(library.names, map(float, singles))), fell_back_to_best_single=selection.fell_back,
         per_class=[None if np.isnan(v) else float(v) for v in ensemble.per_class],

@@ -16,7 +16,7 @@ import torch
 
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
-from automl.ensemble import run_ensemble
+from automl.ensemble import choose, load_library, run_ensemble
 from automl.metrics import SegmentationMeter
 from automl.data.formats import read_image
 from automl.postprocess import final_mask, to_original_size
@@ -89,11 +89,33 @@ def oof_scored_by_predict(runs: Path, study: str, dataset_yaml: Path) -> float:
     return evaluation.meter.compute()
 
 
+def cross_validated_score_by_predict(runs: Path, study: str, dataset_yaml: Path) -> tuple[float, float]:
+    """ensemble.json's cross-validated `score`, made again, and the same held-out decisions scored through
+    predict --evaluate's code: each image by the decision made without its fold, at its original size."""
+    ensemble = json.loads((runs / study / "ensemble.json").read_text())
+    library, _ = load_library(runs, study)
+    _, strategy, _ = choose(library, ensemble["max_size"], ensemble["bags"], seed=0)
+    dataset = SegmentationDataset.from_yaml(dataset_yaml)
+    evaluation = Evaluation(dataset_yaml)
+    for row, image_id in enumerate(library.ids):
+        decision = strategy.decisions[int(library.folds[row])]
+        assert decision.order is None  # the final choice is a weighted soft vote, never a hard vote
+        record = dataset.records[dataset.index_of[image_id]]
+        mean = library.mean(decision.weights, slice(row, row + 1))[0]
+        full = to_original_size(torch.from_numpy(mean), read_image(record.image).shape[:2]).numpy()
+        evaluation.add(record.image, final_mask(full, dataset.spec.task, decision.thresholds, decision.postprocess))
+    assert evaluation.matched == library.size
+    assert ensemble["score"] == pytest.approx(strategy.score, abs=1e-9)
+    return strategy.score, evaluation.meter.compute()
+
+
 def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int,
                flips: str = "plain horizontal flips (from default)") -> None:
     ensemble = outcome["ensemble"]
     runs, study = outcome["runs"], outcome["study"]
     assert ensemble["score_in_sample"] == pytest.approx(oof_scored_by_predict(runs, study, outcome["data"]), abs=1e-6)
+    cross_validated, by_predict = cross_validated_score_by_predict(runs, study, outcome["data"])
+    assert cross_validated == pytest.approx(by_predict, abs=1e-6)
     assert ensemble["score"] >= ensemble["best_single"] and set(ensemble["members"]) <= set(ensemble["single_scores"])
     assert ensemble["postprocess"] is None or set(ensemble["postprocess"]) == {"largest_component", "fill_holes"}
     evaluation = outcome["predicted"]["evaluation"]

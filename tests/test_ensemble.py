@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl.ensemble import (Library, choose, cross_validate, decide_best_single, decision_scores, greedy_selection,
+from automl.ensemble import (Library, choose, cross_validate, decide_best_single, decide_uniform, decide_vote,
+                             decision_scores, greedy_selection,
                              rank, score_weights, single_scores, tune_thresholds, vote_score)
 from automl.store import NpyRows
 
@@ -114,6 +115,12 @@ def test_threshold_tuning_alone_shows_no_ensemble_gain(labels):
     assert single_scores(library).max() == 0.0
     selection, ensemble, best_single = choose(library, max_size=5, bags=1, seed=0)
     assert best_single.score == pytest.approx(1.0) and ensemble.score == pytest.approx(best_single.score)
+    # every baseline is tuned the same way: at 0.5 each of them would score 0 and the "gain" would be 1.0
+    assert cross_validate(library, decide_uniform).score == pytest.approx(1.0)
+    for fraction in (None, 0.7):
+        vote = cross_validate(library, lambda part: decide_vote(part, fraction))
+        assert vote.score == pytest.approx(1.0)
+        assert all(d.member_thresholds[m][0] < 0.3 for d in vote.decisions.values() for m in d.order)
 
 
 def test_decisions_are_scored_on_folds_they_were_not_made_on(labels):
