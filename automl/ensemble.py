@@ -535,7 +535,7 @@ def run_ensemble(runs_dir: str | Path, study: str, max_size: int = 10, bags: int
         single_scores=dict(zip(library.names, map(float, singles))), fell_back_to_best_single=selection.fell_back,
         per_class=[None if np.isnan(v) else float(v) for v in ensemble.per_class],
         class_names=plan.class_names, worst=worst, metric=plan.metric, task=library.task,
-        eval_size=list(plan.eval_size), folds=len(ensemble.decisions), max_size=max_size, bags=bags,
+        eval_size=list(plan.eval_size), folds=len(ensemble.decisions), max_size=max_size, bags=bags, seed=seed,
         history=selection.history, per_image_csv=str(run.root / "ensemble_per_image.csv"))
     store.write_json(run.root / "ensemble.json", result.model_dump())
     if final.postprocess:

@@ -159,6 +159,7 @@ class EnsembleResult(BaseModel):
     folds: int
     max_size: int
     bags: int
+    seed: int = 0  # of the bagging draws: with the folds it makes `score` reproducible
     history: list[dict]
     per_image_csv: str
 

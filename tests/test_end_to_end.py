@@ -94,7 +94,7 @@ def cross_validated_score_by_predict(runs: Path, study: str, dataset_yaml: Path)
     predict --evaluate's code: each image by the decision made without its fold, at its original size."""
     ensemble = json.loads((runs / study / "ensemble.json").read_text())
     library, _ = load_library(runs, study)
-    _, strategy, _ = choose(library, ensemble["max_size"], ensemble["bags"], seed=0)
+    _, strategy, _ = choose(library, ensemble["max_size"], ensemble["bags"], ensemble["seed"])
     dataset = SegmentationDataset.from_yaml(dataset_yaml)
     evaluation = Evaluation(dataset_yaml)
     for row, image_id in enumerate(library.ids):

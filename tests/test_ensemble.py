@@ -221,6 +221,12 @@ def test_a_hard_vote_decides_each_member_after_upsampling():
     np.testing.assert_array_equal(majority, full[0])
     score, _ = decision_scores(library, Decision(np.ones(3), order=[0, 1, 2], min_votes=2), original=True)
     assert score == pytest.approx((10 * 12 + 3 * 16) / (10 * 12 + 4 * 16))
+    # the same members scaled down to 0.4 say nothing at 0.5; cut at their own threshold 0.2 they vote as above
+    shy = original_size_library("binary", [four * 0.4, four * 0.32, three * 0.4], full)
+    cut = {m: np.full(1, 0.2) for m in range(3)}
+    assert decision_scores(shy, Decision(np.ones(3), order=[0, 1, 2], min_votes=2), original=True)[0] == 0.0
+    tuned_vote = Decision(np.ones(3), order=[0, 1, 2], min_votes=2, member_thresholds=cut)
+    assert decision_scores(shy, tuned_vote, original=True)[0] == pytest.approx(score)
 
 
 def test_a_strategy_that_scores_below_the_best_single_model_out_of_fold_gives_way_to_it(labels, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
-from automl.ensemble import run_ensemble
+from automl.ensemble import load_library, rank, run_ensemble
 from automl.promote import PromoteOptions, run_promote
 from automl.search import SearchOptions, run_search
 
@@ -95,6 +95,8 @@ def test_ensemble_json_beats_or_equals_the_best_single_model(promoted):
         assert key in result
     assert result["score"] >= result["best_single"]
     assert sum(result["weights"]) == pytest.approx(1.0) and len(result["thresholds"]) == 3
+    library, _ = load_library(promoted["runs"], "p")
+    assert result["best_single_model"] == library.names[rank(library)[0]]  # ranked as tuned, not at 0.5
     saved = json.loads((promoted["runs"] / "p" / "ensemble.json").read_text())
     assert saved["score"] == result["score"]
     per_image = pd.read_csv(promoted["runs"] / "p" / "ensemble_per_image.csv")
