@@ -16,7 +16,7 @@ import torch
 
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
-from automl.ensemble import choose, load_library, run_ensemble
+from automl.ensemble import Decision, choose, load_library, run_ensemble
 from automl.metrics import SegmentationMeter
 from automl.data.formats import read_image
 from automl.postprocess import final_mask, to_original_size
@@ -71,22 +71,32 @@ def rescore_submission(submission: Path, dataset: SegmentationDataset) -> tuple[
     return meter.compute(), len(rows)
 
 
-def oof_scored_by_predict(runs: Path, study: str, dataset_yaml: Path) -> float:
-    """The final ensemble's OOF probabilities scored through predict --evaluate's code: brought to each
-    image's original size, thresholded, postprocessed, compared with the labels read at that size."""
-    ensemble = json.loads((runs / study / "ensemble.json").read_text())
+def scored_by_predict(library, dataset_yaml: Path, decision_of_row) -> float:
+    """OOF probabilities scored through predict --evaluate's code: each image's combined probabilities
+    brought to its original size, thresholded, postprocessed (by the decision given for its row), compared
+    with the labels read at that size."""
     dataset = SegmentationDataset.from_yaml(dataset_yaml)
     evaluation = Evaluation(dataset_yaml)
-    arrays = {m: np.load(runs / study / "oof" / f"{m}.npy", mmap_mode="r") for m in ensemble["members"]}
-    ids = json.loads((runs / study / "oof" / f"{ensemble['members'][0]}.json").read_text())["ids"]
-    for row, image_id in enumerate(ids):
-        mean = sum(w * arrays[m][row].astype(np.float32) for m, w in zip(ensemble["members"], ensemble["weights"]))
-        mean = mean / (255.0 * sum(ensemble["weights"]))
+    for row, image_id in enumerate(library.ids):
+        decision = decision_of_row(row)
+        assert decision.order is None  # the final choice is a weighted soft vote, never a hard vote
         record = dataset.records[dataset.index_of[image_id]]
+        mean = library.mean(decision.weights, slice(row, row + 1))[0]
         full = to_original_size(torch.from_numpy(mean), read_image(record.image).shape[:2]).numpy()
-        evaluation.add(record.image, final_mask(full, dataset.spec.task, ensemble["thresholds"], ensemble["postprocess"]))
-    assert evaluation.matched == len(ids)
+        evaluation.add(record.image, final_mask(full, dataset.spec.task, decision.thresholds, decision.postprocess))
+    assert evaluation.matched == library.size
     return evaluation.meter.compute()
+
+
+def oof_scored_by_predict(runs: Path, study: str, dataset_yaml: Path) -> float:
+    """The final ensemble of ensemble.json, applied to every OOF image, scored through predict's code."""
+    ensemble = json.loads((runs / study / "ensemble.json").read_text())
+    library, _ = load_library(runs, study)
+    weights = dict(zip(ensemble["members"], ensemble["weights"]))
+    thresholds = None if ensemble["thresholds"] is None else np.asarray(ensemble["thresholds"])
+    final = Decision(np.array([weights.get(name, 0.0) for name in library.names]), thresholds,
+                     ensemble["postprocess"])
+    return scored_by_predict(library, dataset_yaml, lambda row: final)
 
 
 def cross_validated_score_by_predict(runs: Path, study: str, dataset_yaml: Path) -> tuple[float, float]:
@@ -95,18 +105,9 @@ def cross_validated_score_by_predict(runs: Path, study: str, dataset_yaml: Path)
     ensemble = json.loads((runs / study / "ensemble.json").read_text())
     library, _ = load_library(runs, study)
     _, strategy, _ = choose(library, ensemble["max_size"], ensemble["bags"], ensemble["seed"])
-    dataset = SegmentationDataset.from_yaml(dataset_yaml)
-    evaluation = Evaluation(dataset_yaml)
-    for row, image_id in enumerate(library.ids):
-        decision = strategy.decisions[int(library.folds[row])]
-        assert decision.order is None  # the final choice is a weighted soft vote, never a hard vote
-        record = dataset.records[dataset.index_of[image_id]]
-        mean = library.mean(decision.weights, slice(row, row + 1))[0]
-        full = to_original_size(torch.from_numpy(mean), read_image(record.image).shape[:2]).numpy()
-        evaluation.add(record.image, final_mask(full, dataset.spec.task, decision.thresholds, decision.postprocess))
-    assert evaluation.matched == library.size
     assert ensemble["score"] == pytest.approx(strategy.score, abs=1e-9)
-    return strategy.score, evaluation.meter.compute()
+    by_predict = scored_by_predict(library, dataset_yaml, lambda row: strategy.decisions[int(library.folds[row])])
+    return strategy.score, by_predict
 
 
 def check_loop(outcome: dict, dataset: SegmentationDataset, classes_per_image: int,
