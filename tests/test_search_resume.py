@@ -3,8 +3,6 @@ cut short are found by their missing heartbeat and retried once, and the count r
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ import optuna
 
 from automl.data.demo import write_demo
 from automl.study_storage import finished_trials, retried_numbers
+from tests.processes import kill_process_tree
 
 TRIALS = 6
 
@@ -41,7 +40,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
     deadline = time.time() + 300
     while len(finished(storage)) < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    kill_process_tree(driver.pid)  # the driver and every Ray process it started
     driver.wait()
     before = finished(storage)
     assert 2 <= len(before) < TRIALS, before
