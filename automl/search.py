@@ -219,6 +219,10 @@ def start_ray(options: SearchOptions) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home: nothing leaves the machine
     os.environ.setdefault("RAY_enable_metrics_collection", "0")  # fewer background cycles on small machines
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Ray starts its workers at nice 15 so its own processes come first; on a small machine every blip of
+    # theirs then stops a trial's training threads (bench/search_overhead.py): the trials of a Ray started
+    # here run at normal priority (a cluster joined with --address keeps the niceness it was started with)
+    os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs = dict(include_dashboard=False, log_to_driver=options.verbose,
                   logging_level=logging.INFO if options.verbose else logging.ERROR)
     if options.address:

@@ -8,6 +8,7 @@ import sys
 import time
 
 import optuna
+import pytest
 
 from automl.data.demo import write_demo
 from automl.study_storage import finished_trials, retried_numbers
@@ -45,8 +46,17 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
     before = finished(storage)
     assert 2 <= len(before) < TRIALS, before
 
-    result = subprocess.run(search(dataset_yaml, runs), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    log = tmp_path / "resumed.log"
+    with open(log, "w") as out:
+        resumed = subprocess.Popen(search(dataset_yaml, runs), stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            code = resumed.wait(timeout=600)
+        except subprocess.TimeoutExpired:  # say where it stood, so that a hang can be told from slowness
+            kill_process_tree(resumed.pid)
+            pytest.fail(f"the resumed search ran 600 s; trials {finished(storage)}; it printed:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert code == 0, output[-4000:]
     after = finished(storage)
     assert len(after) == TRIALS
     assert all(after[number] == state for number, state in before.items())  # nothing earlier was lost
@@ -58,4 +68,4 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
         history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
         if history:
             assert len(history) == 1 and trial.params == by_number[history[0]].params
-    assert "joining study 'r'" in result.stdout and "finished" in result.stdout
+    assert "joining study 'r'" in output and "finished" in output
