@@ -24,8 +24,10 @@ class SearchProgress(Callback):
         return {**self.__dict__, "console": None, "progress": None, "task": None}
 
     def __enter__(self) -> "SearchProgress":
+        # the bar counts trials and seconds: redrawn ten times a second (rich's default) it only takes CPU
+        # from the trials
         self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+                                 console=self.console, transient=True, refresh_per_second=1)
         self.progress.start()
         self.task = self.progress.add_task("trials", total=self.total)
         return self

@@ -13,12 +13,16 @@ plain, search; the second search samples the same configs with the same seed) an
 (search 1 + search 2) / (plain 1 + plain 2): a linear drift cancels.
 The search pays a fixed start-up the loop does not (Ray starts and stops; the first Ray worker imports
 torch and smp again; later trials reuse it): it weighs less the more trials run, so the ratio is given
-for N trials.
+for N trials. Under the ratio, each kind of run's time is split, from the files its trials wrote, into
+before the first trial trains (imports, Ray, the study; up to the first config.json), the training epochs
+(metrics.csv `seconds`, summed) and after the last epoch: on a noisy VM this tells the orchestration's
+fixed cost from a slower or faster machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -47,10 +51,24 @@ for number, path in enumerate(config_files):
 """
 
 
-def timed(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+class Run:
+    """One command, timed from start to exit, and where its time went, read from the trial folders it wrote."""
+
+    def __init__(self, command: list[str], trials_dir: Path):
+        start = time.time()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.seconds = time.time() - start
+        folders = sorted(p for p in trials_dir.iterdir() if p.is_dir())
+        self.epochs = sum(float(row["seconds"]) for folder in folders
+                          for row in csv.DictReader(open(folder / "metrics.csv")))
+        self.start_up = min((folder / "config.json").stat().st_mtime for folder in folders) - start
+        self.tail = start + self.seconds - max((folder / "metrics.csv").stat().st_mtime for folder in folders)
+
+
+def breakdown(name: str, runs: list[Run]) -> str:
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return (f"{name}: before the first trial trains {mean([r.start_up for r in runs]):5.1f} s, training epochs "
+            f"{mean([r.epochs for r in runs]):6.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s")
 
 
 def main() -> None:
@@ -64,29 +82,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     try:
         dataset_yaml = write_demo(work / "data", "multiclass", n=args.n, size=args.size)
-        def search(name: str) -> float:
-            return timed([str(Path(sys.executable).with_name("automl")), "search", "--space", "hybrid_loss",
+        def search(name: str) -> Run:
+            return Run([str(Path(sys.executable).with_name("automl")), "search", "--space", "hybrid_loss",
                           "--data", str(dataset_yaml), "--study", name, "--runs-dir", str(work / "runs"),
                           "--trials", str(args.trials), "--max-epochs", str(args.epochs), "--subsample", "1.0",
                           "--no-prune", "--sampler", "random", "--max-concurrent", "1", "--cpus-per-trial", "2",
-                          "--wandb", "off", "--set", f"model.encoder={args.encoder}"])
+                          "--wandb", "off", "--set", f"model.encoder={args.encoder}"], work / "runs" / name / "trials")
 
         searched = [search("overhead")]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{work / 'runs/overhead/optuna.db'}")
         configs = [str(Path(t.user_attrs["trial_dir"]) / "config.json") for t in study.trials]
         split_file = work / "runs/overhead/search_split.json"
-        plain = [timed([sys.executable, "-c", PLAIN_LOOP, str(dataset_yaml), str(split_file), str(work / f"plain{k}"),
-                        *configs]) for k in range(2)]
+        plain = [Run([sys.executable, "-c", PLAIN_LOOP, str(dataset_yaml), str(split_file), str(work / f"plain{k}"),
+                      *configs], work / f"plain{k}") for k in range(2)]
         searched.append(search("overhead2"))
         n_train = len(json.loads(split_file.read_text())["train"])
         trial_seconds = sum(t.user_attrs["wall_time_s"] for t in study.trials) / len(configs)
         print(f"{len(configs)} trials x {args.epochs} epochs, unet/{args.encoder}, {n_train} training images of "
               f"{args.size}px, about {trial_seconds:.0f} s per trial")
         print(f"automl search (Ray Tune + Optuna), whole command, runs 1 and 4: "
-              f"{searched[0]:7.1f} s {searched[1]:7.1f} s")
-        print(f"plain loop in one process, whole command, runs 2 and 3:      {plain[0]:7.1f} s {plain[1]:7.1f} s")
-        print(f"ratio search / plain: {sum(searched) / sum(plain):.3f}  (goal <= 1.10)")
+              f"{searched[0].seconds:7.1f} s {searched[1].seconds:7.1f} s")
+        print(f"plain loop in one process, whole command, runs 2 and 3:      "
+              f"{plain[0].seconds:7.1f} s {plain[1].seconds:7.1f} s")
+        print(breakdown("search, mean of 2", searched))
+        print(breakdown("plain,  mean of 2", plain))
+        ratio = sum(r.seconds for r in searched) / sum(r.seconds for r in plain)
+        print(f"ratio search / plain: {ratio:.3f}  (goal <= 1.10)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
