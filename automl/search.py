@@ -7,6 +7,7 @@ drivers, on any machines that share the run directory and the storage, add trial
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -219,17 +220,28 @@ def start_ray(options: SearchOptions) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home: nothing leaves the machine
     os.environ.setdefault("RAY_enable_metrics_collection", "0")  # fewer background cycles on small machines
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Ray starts its workers at nice 15 so its own processes come first; on a small machine every blip of
-    # theirs then stops a trial's training threads (bench/search_overhead.py): the trials of a Ray started
-    # here run at normal priority (a cluster joined with --address keeps the niceness it was started with)
-    os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs = dict(include_dashboard=False, log_to_driver=options.verbose,
                   logging_level=logging.INFO if options.verbose else logging.ERROR)
-    if options.address:
+    if options.address:  # a cluster keeps the worker niceness it was started with
         ray.init(address=options.address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        with normal_priority_workers():
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
+
+
+@contextlib.contextmanager
+def normal_priority_workers():
+    """Ray starts its workers at nice 15 so its own processes come first; on a small machine every blip of
+    theirs then stops a trial's training threads (bench/search_overhead.py). The Ray started here passes
+    nice 0 to its workers; the setting is not left behind for later clusters or subprocesses."""
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = before if before is not None else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness", None)
 
 
 def run_search(options: SearchOptions, echo: Callable[[str], None] = print, console=None) -> dict:

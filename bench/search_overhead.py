@@ -15,8 +15,9 @@ The search pays a fixed start-up the loop does not (Ray starts and stops; the fi
 torch and smp again; later trials reuse it): it weighs less the more trials run, so the ratio is given
 for N trials. Under the ratio, each kind of run's time is split, from the files its trials wrote, into
 before the first trial trains (imports, Ray, the study; up to the first config.json), the training epochs
-(metrics.csv `seconds`, summed) and after the last epoch: on a noisy VM this tells the orchestration's
-fixed cost from a slower or faster machine.
+(metrics.csv `seconds`, summed), the rest between them (building each trial, saving, Tune and Optuna) and
+after the last epoch: on a noisy VM this tells the orchestration's fixed cost from a slower or faster
+machine.
 """
 
 from __future__ import annotations
@@ -55,20 +56,26 @@ class Run:
     """One command, timed from start to exit, and where its time went, read from the trial folders it wrote."""
 
     def __init__(self, command: list[str], trials_dir: Path):
-        start = time.time()
+        started_at, start = time.time(), time.perf_counter()  # the wall clock only to compare with file times
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.seconds = time.time() - start
-        folders = sorted(p for p in trials_dir.iterdir() if p.is_dir())
-        self.epochs = sum(float(row["seconds"]) for folder in folders
-                          for row in csv.DictReader(open(folder / "metrics.csv")))
-        self.start_up = min((folder / "config.json").stat().st_mtime for folder in folders) - start
-        self.tail = start + self.seconds - max((folder / "metrics.csv").stat().st_mtime for folder in folders)
+        self.seconds = time.perf_counter() - start
+        folders = sorted(p for p in trials_dir.iterdir() if (p / "metrics.csv").exists())
+        self.epochs = sum(epoch_seconds(folder / "metrics.csv") for folder in folders)
+        self.start_up = min((folder / "config.json").stat().st_mtime for folder in folders) - started_at
+        self.tail = started_at + self.seconds - max((folder / "metrics.csv").stat().st_mtime for folder in folders)
+        self.between = self.seconds - self.start_up - self.epochs - self.tail  # trial set-up, saving, Tune/Optuna
+
+
+def epoch_seconds(metrics_csv: Path) -> float:
+    with open(metrics_csv) as rows:
+        return sum(float(row["seconds"]) for row in csv.DictReader(rows))
 
 
 def breakdown(name: str, runs: list[Run]) -> str:
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     return (f"{name}: before the first trial trains {mean([r.start_up for r in runs]):5.1f} s, training epochs "
-            f"{mean([r.epochs for r in runs]):6.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s")
+            f"{mean([r.epochs for r in runs]):6.1f} s, between epochs and trials "
+            f"{mean([r.between for r in runs]):5.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s")
 
 
 def main() -> None:

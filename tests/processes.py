@@ -2,7 +2,9 @@
 
 Ray puts each worker in a process group of its own, so `os.killpg(driver)` leaves the workers running
 until they notice the raylet is gone; one of them can still finish a trial or a fold and write it after
-the test took its snapshot of "what was done before the kill"."""
+the test took its snapshot of "what was done before the kill". The drivers are started with
+`start_new_session=True`, and the session is what every process they start keeps (also the ones that
+are re-parented to init when their parent dies), so the session is what gets killed."""
 
 from __future__ import annotations
 
@@ -12,43 +14,28 @@ import time
 from pathlib import Path
 
 
-def children_by_parent() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def running_in_session(session: int) -> list[int]:
+    """Pids of the processes of `session` that still run (zombies have stopped; only a wait() is missing)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited while we looked
+            state, _parent, _group, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):  # exited while we looked
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = children_by_parent(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        if int(sid) == session and state != "Z":
+            found.append(int(stat.parent.name))
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has stopped running; only its parent's wait() is missing
-
-
-def kill_process_tree(pid: int, timeout: float = 30) -> None:
-    """SIGKILL `pid` and all its descendants, then wait until none of them runs any more."""
-    family = [pid, *descendants(pid)]
-    for member in family:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def kill_session(leader: int, timeout: float = 30) -> None:
+    """SIGKILL every process of the session `leader` started, until none of them runs any more (a
+    process that forks while we kill is caught by the next pass)."""
     deadline = time.time() + timeout
-    while any(alive(member) for member in family):
-        assert time.time() < deadline, f"processes still alive {timeout} s after SIGKILL"
+    while members := running_in_session(leader):
+        assert time.time() < deadline, f"processes {members} still alive {timeout} s after SIGKILL"
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         time.sleep(0.1)

@@ -14,7 +14,7 @@ import pytest
 
 from automl.data.demo import write_demo
 from automl.study_storage import budget, retried_numbers
-from tests.processes import kill_process_tree
+from tests.processes import kill_session
 
 TRIALS = 6
 
@@ -60,7 +60,7 @@ def test_two_drivers_share_one_budget_and_a_killed_one_is_retried(backend, tmp_p
     mine = lambda: [t for t in trials(storage) if t.user_attrs.get("driver", "").endswith(f":{second.pid}")]  # noqa: E731
     wait_for(lambda: any(t.state.name == "RUNNING" for t in mine()), second)
     killed = [t.number for t in mine() if t.state.name == "RUNNING"]
-    kill_process_tree(second.pid)  # the driver and every Ray process it started, mid-trial
+    kill_session(second.pid)  # the driver and every Ray process it started, mid-trial
     second.wait()
     assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
 

@@ -21,7 +21,7 @@ from automl.data.demo import write_demo
 from automl.ensemble import load_library, rank, run_ensemble
 from automl.promote import PromoteOptions, run_promote
 from automl.search import SearchOptions, run_search
-from tests.processes import kill_process_tree
+from tests.processes import kill_session
 
 FOLDS = 3
 
@@ -45,7 +45,7 @@ def promoted(tmp_path_factory, ray_session):
     deadline = time.time() + 300
     while not list(runs.glob("p/promoted/*/fold*/done.json")) and time.time() < deadline and driver.poll() is None:
         time.sleep(0.3)
-    kill_process_tree(driver.pid)  # the driver and every Ray process it started
+    kill_session(driver.pid)  # the driver and every Ray process it started
     driver.wait()
     done_before = {path.parent: (digest(path), digest(path.parent / "final.pt"))
                    for path in runs.glob("p/promoted/*/fold*/done.json")}

@@ -12,7 +12,7 @@ import pytest
 
 from automl.data.demo import write_demo
 from automl.study_storage import finished_trials, retried_numbers
-from tests.processes import kill_process_tree
+from tests.processes import kill_session
 
 TRIALS = 6
 
@@ -41,7 +41,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
     deadline = time.time() + 300
     while len(finished(storage)) < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
-    kill_process_tree(driver.pid)  # the driver and every Ray process it started
+    kill_session(driver.pid)  # the driver and every Ray process it started
     driver.wait()
     before = finished(storage)
     assert 2 <= len(before) < TRIALS, before
@@ -53,7 +53,8 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
         try:
             code = resumed.wait(timeout=600)
         except subprocess.TimeoutExpired:  # say where it stood, so that a hang can be told from slowness
-            kill_process_tree(resumed.pid)
+            kill_session(resumed.pid)
+            resumed.wait()
             pytest.fail(f"the resumed search ran 600 s; trials {finished(storage)}; it printed:\n{log.read_text()[-4000:]}")
     output = log.read_text()
     assert code == 0, output[-4000:]
