@@ -235,13 +235,14 @@ def normal_priority_workers():
     """Ray starts its workers at nice 15 so its own processes come first; on a small machine every blip of
     theirs then stops a trial's training threads (bench/search_overhead.py). The Ray started here passes
     nice 0 to its workers; the setting is not left behind for later clusters or subprocesses."""
-    before = os.environ.get("RAY_worker_niceness")
-    os.environ["RAY_worker_niceness"] = before if before is not None else "0"
+    if "RAY_worker_niceness" in os.environ:  # the user's own choice stands
+        yield
+        return
+    os.environ["RAY_worker_niceness"] = "0"
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("RAY_worker_niceness", None)
+        os.environ.pop("RAY_worker_niceness", None)
 
 
 def run_search(options: SearchOptions, echo: Callable[[str], None] = print, console=None) -> dict:
