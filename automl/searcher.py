@@ -20,7 +20,7 @@ from ray.tune.search import Searcher
 
 from automl import optuna_adapter
 from automl.search_trial import TRIAL_NUMBER, final_state
-from automl.study_storage import HEARTBEAT_S, SURPLUS, Throttle, budget, is_surplus
+from automl.study_storage import GRACE_PERIODS, HEARTBEAT_S, SURPLUS, SilentTrials, Throttle, budget, is_surplus
 
 
 class Heartbeats:
@@ -35,7 +35,10 @@ class Heartbeats:
         self.thread.start()
 
     def add(self, key: str, trial: optuna.trial.Trial) -> None:
-        optuna_adapter.record_heartbeat(self.storage, trial)
+        try:
+            optuna_adapter.record_heartbeat(self.storage, trial)
+        except Exception:  # a storage hiccup, or another driver adopted it first (SilentTrials): the loop beats
+            pass
         with self.lock:
             self.trials[key] = trial
 
@@ -66,6 +69,7 @@ class StudySearcher(Searcher):
         self.trials: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> this driver's Optuna trial
         self.reported: dict[str, set[int]] = {}
         self.heartbeats = Heartbeats(storage, heartbeat) if heartbeat else None
+        self.silent = SilentTrials(storage, GRACE_PERIODS * heartbeat) if heartbeat else None
         self.check_stale = Throttle(heartbeat or HEARTBEAT_S)
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -76,6 +80,7 @@ class StudySearcher(Searcher):
         if self.heartbeats and self.check_stale():
             with warnings.catch_warnings():  # experimental since Optuna 2.9, and the protocol we rely on
                 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                self.silent.adopt(self.study)  # trials a driver died under before their first heartbeat
                 optuna.storages.fail_stale_trials(self.study)  # dead drivers' trials: FAIL, queued once more
         trials = self.study.get_trials(deepcopy=False)
         counts = budget(trials)
@@ -86,14 +91,15 @@ class StudySearcher(Searcher):
         with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
             warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = self.study.ask(self.distributions)
+        if self.heartbeats:  # at once: a trial killed before its first beat waits a grace period for SilentTrials
+            self.heartbeats.add(trial_id, trial)
         if is_surplus(self.study.get_trials(deepcopy=False), trial.number, self.target):
             trial.set_user_attr(SURPLUS, True)  # another driver took the last slot at the same moment
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self.forget(trial_id)
             return None
         trial.set_user_attr("driver", self.driver)
         self.trials[trial_id] = trial
-        if self.heartbeats:
-            self.heartbeats.add(trial_id, trial)
         return {**{name: trial.params[name] for name in self.distributions}, TRIAL_NUMBER: trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -106,6 +106,32 @@ def is_surplus(trials, number: int, target: int) -> bool:
     return sum(t.number < number and counts_toward_budget(t, retried) for t in trials) >= target
 
 
+class SilentTrials:
+    """RUNNING trials that never sent a heartbeat: their driver died between asking for them and its first
+    beat. Optuna's protocol never fails a trial without heartbeats, so the study would wait for it for ever.
+    One silent for a grace period (timed by this driver's own clock: drivers' clocks may differ) gets a
+    heartbeat from us; it is then an ordinary abandoned trial, failed and retried once by `fail_stale_trials`
+    a grace period later, while a living owner (asked and beat within milliseconds) is never touched."""
+
+    def __init__(self, storage, grace_s: float):
+        self.storage, self.grace_s = storage, grace_s
+        self.first_seen: dict[int, float] = {}
+
+    def adopt(self, study) -> set[int]:
+        from automl.optuna_adapter import running_without_heartbeat
+
+        now = time.monotonic()
+        silent = running_without_heartbeat(self.storage, study)
+        self.first_seen = {storage_id: self.first_seen.get(storage_id, now) for storage_id in silent}
+        adopted = {storage_id for storage_id, since in self.first_seen.items() if now - since >= self.grace_s}
+        for storage_id in adopted:
+            try:
+                self.storage.record_heartbeat(storage_id)
+            except Exception:  # its owner beat at the same moment (the row is unique): it is alive after all
+                pass
+        return adopted
+
+
 class Throttle:
     """True at most once per `seconds` (storage queries from a loop that Ray calls often)."""
 

@@ -9,8 +9,9 @@ import time
 import optuna
 import pytest
 
-from automl.optuna_adapter import record_heartbeat, trial_id
-from automl.study_storage import budget, is_surplus, open_storage
+from automl.optuna_adapter import record_heartbeat, running_without_heartbeat, trial_id
+from automl.searcher import StudySearcher
+from automl.study_storage import SilentTrials, budget, is_surplus, open_storage
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
@@ -36,13 +37,57 @@ def test_heartbeats_keep_a_trial_alive_and_silence_retries_it_once_with_its_para
         time.sleep(1)
         optuna.storages.fail_stale_trials(study)
     assert [t.state.name for t in study.trials] == ["RUNNING"]
-    time.sleep(3.5)  # silence: the driver died
+    time.sleep(4.5)  # silence: the driver died (SQLite times heartbeats to the second)
     optuna.storages.fail_stale_trials(study)
     failed, retry = study.trials
     assert failed.state.name == "FAIL" and retry.state.name == "WAITING" and retry.params == failed.params
     assert budget(study.trials) == budget([retry])  # the retried FAIL does not count
     again = study.ask(X)  # the next ask runs the retry
     assert again.number == retry.number and again.params == failed.params
+
+
+def test_a_trial_whose_driver_died_before_its_first_heartbeat_is_adopted_then_retried_once(study):
+    """Optuna's check never fails a RUNNING trial without a heartbeat row (the driver was killed between
+    `ask` and its first beat): SilentTrials gives it one after a grace period, and the protocol takes over."""
+    study, storage = study
+    orphan, alive = study.ask(X), study.ask(X)
+    record_heartbeat(storage, alive)
+    assert running_without_heartbeat(storage, study) == {trial_id(orphan)}
+    silent = SilentTrials(storage, grace_s=3)
+    assert silent.adopt(study) == set()  # first seen now: its owner may be about to beat
+    for _ in range(4):
+        time.sleep(1)
+        record_heartbeat(storage, alive)
+        optuna.storages.fail_stale_trials(study)  # Optuna's own check: 4 s > the grace period, still RUNNING
+        assert study.trials[orphan.number].state.name == "RUNNING"
+    assert silent.adopt(study) == {trial_id(orphan)}  # silent for longer than the grace period
+    assert running_without_heartbeat(storage, study) == set()
+    time.sleep(4.5)  # the adopted heartbeat goes stale (SQLite times heartbeats to the second)
+    record_heartbeat(storage, alive)
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "RUNNING", "WAITING"]  # the living driver's trial is untouched
+    assert study.trials[2].params == orphan.params
+
+
+def test_a_searcher_waiting_on_a_trial_killed_before_its_first_heartbeat_runs_it_again(study, tmp_path):
+    """The CI hang: the budget was full (5 finished + 1 RUNNING without a heartbeat), so the searcher waited
+    for a trial no driver would ever finish. It must ask for its retry instead, within a few grace periods."""
+    study, storage = study
+    for _ in range(2):
+        study.tell(study.ask(X), 0.5)
+    orphan = study.ask(X)
+    searcher = StudySearcher(study, storage, X, target=3, max_epochs=1, study_dir=tmp_path, heartbeat=1)
+    try:
+        deadline, config = time.monotonic() + 20, None
+        while config is None and time.monotonic() < deadline:
+            config = searcher.suggest("next")
+            time.sleep(0.2)
+    finally:
+        searcher.close()
+    assert config is not None and config["x"] == orphan.params["x"]  # the orphan's retry, same parameters
+    assert study.trials[orphan.number].state.name == "FAIL"
+    assert budget(study.trials).claimed == 3
 
 
 def test_two_drivers_racing_for_the_last_slot_agree_who_got_it(study):
