@@ -37,7 +37,7 @@ class Heartbeats:
     def add(self, key: str, trial: optuna.trial.Trial) -> None:
         try:
             optuna_adapter.record_heartbeat(self.storage, trial)
-        except Exception:  # a storage hiccup, or another driver adopted it first (SilentTrials): the loop beats
+        except Exception:  # a storage hiccup: the loop beats again, the grace period covers it
             pass
         with self.lock:
             self.trials[key] = trial
@@ -78,21 +78,27 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.heartbeats and self.check_stale():
-            with warnings.catch_warnings():  # experimental since Optuna 2.9, and the protocol we rely on
-                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-                self.silent.adopt(self.study)  # trials a driver died under before their first heartbeat
-                optuna.storages.fail_stale_trials(self.study)  # dead drivers' trials: FAIL, queued once more
-        trials = self.study.get_trials(deepcopy=False)
-        counts = budget(trials)
+            self.recover_abandoned()
+        counts = budget(self.study.get_trials(deepcopy=False))
         if counts.finished >= self.target:
             return Searcher.FINISHED
         if counts.claimed >= self.target and counts.waiting == 0:
             return None  # other trials are running; one may yet die and be queued again
-        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
-            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-            trial = self.study.ask(self.distributions)
-        if self.heartbeats:  # at once: a trial killed before its first beat waits a grace period for SilentTrials
-            self.heartbeats.add(trial_id, trial)
+        try:
+            with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                trial = self.study.ask(self.distributions)
+            if self.heartbeats:  # at once: a trial killed before its first beat waits for SilentTrials
+                self.heartbeats.add(trial_id, trial)
+            return self.claim(trial_id, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # an ask so slow that another driver took it for dead
+            self.forget(trial_id)
+            return None
+        except Exception:
+            self.forget(trial_id)
+            raise
+
+    def claim(self, trial_id: str, trial: optuna.trial.Trial) -> dict | None:
         if is_surplus(self.study.get_trials(deepcopy=False), trial.number, self.target):
             trial.set_user_attr(SURPLUS, True)  # another driver took the last slot at the same moment
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -101,6 +107,16 @@ class StudySearcher(Searcher):
         trial.set_user_attr("driver", self.driver)
         self.trials[trial_id] = trial
         return {**{name: trial.params[name] for name in self.distributions}, TRIAL_NUMBER: trial.number}
+
+    def recover_abandoned(self) -> None:
+        """Dead drivers' trials: FAIL, and queued once more (with the parameters they had been given)."""
+        try:
+            with warnings.catch_warnings():  # experimental since Optuna 2.9, and the protocol we rely on
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                self.silent.adopt(self.study)  # trials a driver died under before their first heartbeat
+                optuna.storages.fail_stale_trials(self.study)
+        except Exception:  # a storage hiccup in housekeeping must not stop the search: the next check retries
+            pass
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.trials and "epoch" in result and not result.get("nonfinite"):
@@ -160,7 +176,7 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict:
         """Ray pickles the Tuner's config (tuner.pkl); the live study, threads and trials stay behind (the
         Optuna storage is the state: a new driver joins the study instead of restoring this object)."""
-        live = ("study", "heartbeats", "trials", "reported")
+        live = ("study", "heartbeats", "silent", "trials", "reported")
         return {key: value for key, value in self.__dict__.items() if key not in live}
 
     def save(self, checkpoint_path: str) -> None:

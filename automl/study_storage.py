@@ -111,7 +111,9 @@ class SilentTrials:
     beat. Optuna's protocol never fails a trial without heartbeats, so the study would wait for it for ever.
     One silent for a grace period (timed by this driver's own clock: drivers' clocks may differ) gets a
     heartbeat from us; it is then an ordinary abandoned trial, failed and retried once by `fail_stale_trials`
-    a grace period later, while a living owner (asked and beat within milliseconds) is never touched."""
+    a grace period later, with the parameters it had been given (a driver killed inside `ask` may have set
+    only some; the retry samples the rest). A living owner beats within milliseconds of its `ask`, and its
+    beats keep an adopted trial alive; only an `ask` slower than two grace periods loses its trial."""
 
     def __init__(self, storage, grace_s: float):
         self.storage, self.grace_s = storage, grace_s
@@ -127,7 +129,7 @@ class SilentTrials:
         for storage_id in adopted:
             try:
                 self.storage.record_heartbeat(storage_id)
-            except Exception:  # its owner beat at the same moment (the row is unique): it is alive after all
+            except Exception:  # a storage hiccup: it is still silent at the next check
                 pass
         return adopted
 

@@ -68,5 +68,6 @@ def test_resume_after_sigkill_keeps_finished_trials_and_reaches_the_count(tmp_pa
     for trial in study.trials:
         history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
         if history:
-            assert len(history) == 1 and trial.params == by_number[history[0]].params
+            # the parameters the dead trial had been given (a kill inside `ask` leaves only some of them)
+            assert len(history) == 1 and by_number[history[0]].params.items() <= trial.params.items()
     assert "joining study 'r'" in output and "finished" in output
