@@ -72,11 +72,14 @@ def test_a_model_with_context_blends_tiles_without_seams():
     assert (blended - whole).abs().mean() < 0.5 * (seams - whole).abs().mean()
 
 
-PEAK = """
-import sys, torch, segmentation_models_pytorch as smp
-from trainables.infer import tiled_probabilities
+HWM = """
 def hwm():  # VmHWM of this process (ru_maxrss would carry the parent's peak across exec)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024
+"""
+
+PEAK = HWM + """
+import sys, torch, segmentation_models_pytorch as smp
+from trainables.infer import tiled_probabilities
 
 torch.set_num_threads(2)
 side, tile = int(sys.argv[1]), int(sys.argv[2])
@@ -109,13 +112,11 @@ def test_tiles_keep_the_models_memory_flat_in_the_image_size():
     assert tiled_2048 - tiled_1024 < extra_pixels * 4 * 8 * 2 / 2 ** 20, (tiled_1024, tiled_2048)
 
 
-VINES_PEAK = """
+VINES_PEAK = HWM + """
 import glob, sys, numpy as np, torch, segmentation_models_pytorch as smp
 from automl.data.formats import read_image
 from trainables.infer import tiled_probabilities
 from trainables.train import Normalizer
-def hwm():  # VmHWM of this process (ru_maxrss would carry the parent's peak across exec)
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]) / 1024
 torch.set_num_threads(2)
 image = read_image(sorted(glob.glob(sys.argv[1] + "/images/*"))[0])
 model = smp.Unet("resnet18", encoder_weights=None, classes=5).eval()
