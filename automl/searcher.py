@@ -22,6 +22,8 @@ from automl import optuna_adapter
 from automl.search_trial import TRIAL_NUMBER, final_state
 from automl.study_storage import GRACE_PERIODS, HEARTBEAT_S, SURPLUS, SilentTrials, Throttle, budget, is_surplus
 
+FULL_RECHECK_S = 1.0  # how often a driver whose budget is all claimed looks for a trial to take over
+
 
 class Heartbeats:
     """A daemon thread recording a heartbeat for each running trial of this driver every `interval` s."""
@@ -71,6 +73,8 @@ class StudySearcher(Searcher):
         self.heartbeats = Heartbeats(storage, heartbeat) if heartbeat else None
         self.silent = SilentTrials(storage, GRACE_PERIODS * heartbeat) if heartbeat else None
         self.check_stale = Throttle(heartbeat or HEARTBEAT_S)
+        self.recheck_full = Throttle(FULL_RECHECK_S)  # Tune asks every step (~10/s) while the budget is all claimed
+        self.full = False
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -79,10 +83,14 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.heartbeats and self.check_stale():
             self.recover_abandoned()
+        if self.full and not self.recheck_full():
+            return None  # nothing to start until a trial finishes or dies: no full read of the storage per step
         counts = budget(self.study.get_trials(deepcopy=False))
         if counts.finished >= self.target:
             return Searcher.FINISHED
-        if counts.claimed >= self.target and counts.waiting == 0:
+        self.full = counts.claimed >= self.target and counts.waiting == 0
+        if self.full:
+            self.recheck_full.restart()
             return None  # other trials are running; one may yet die and be queued again
         try:
             with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
@@ -142,6 +150,7 @@ class StudySearcher(Searcher):
         else:
             self.study.tell(trial, state=getattr(optuna.trial.TrialState, state))
         self.forget(trial_id)
+        self.full = False  # the study may be done now: the next suggest reads the storage at once
 
     def record(self, trial: optuna.trial.Trial, trial_id: str, result: dict) -> None:
         trial_dir = self.study_dir / "trials" / f"{trial.number:04d}"
