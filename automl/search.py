@@ -280,7 +280,7 @@ def run_search(options: SearchOptions, echo: Callable[[str], None] = print, cons
         return {"study": run.study, "ran": 0}
     started_ray = start_ray(options)
     searcher = StudySearcher(study, storage, space.distributions(), options.trials, fidelity.max_epochs, run.root,
-                             heartbeat=settings.heartbeat)
+                             heartbeat=settings.heartbeat, time_budget=options.time_budget)
     try:
         scheduler = ASHAScheduler(time_attr="epoch", metric="score", mode="max", max_t=fidelity.max_epochs,
                                   grace_period=fidelity.grace_period, reduction_factor=fidelity.reduction_factor

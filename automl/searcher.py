@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class Heartbeats:
 
 class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, storage, distributions: dict, target: int, max_epochs: int,
-                 study_dir: Path, heartbeat: float | None, metric: str = "score", mode: str = "max"):
+                 study_dir: Path, heartbeat: float | None, time_budget: float | None = None,
+                 metric: str = "score", mode: str = "max"):
         super().__init__(metric=metric, mode=mode)
         self.study, self.distributions, self.target = study, distributions, target
         self.max_epochs, self.study_dir = max_epochs, Path(study_dir)
@@ -75,12 +77,17 @@ class StudySearcher(Searcher):
         self.check_stale = Throttle(heartbeat or HEARTBEAT_S)
         self.recheck_full = Throttle(FULL_RECHECK_S)  # Tune asks every step (~10/s) while the budget is all claimed
         self.full = False
+        # Tune checks its time budget between steps, but not while it waits on a searcher that has nothing to
+        # give (this driver idle, other drivers holding the last slots): it would overrun by up to 600 s
+        self.deadline = time.monotonic() + time_budget if time_budget else None
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space comes from the study's SearchSpace, not from Tune's param_space
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return Searcher.FINISHED
         if self.heartbeats and self.check_stale():
             self.recover_abandoned()
         if self.full and not self.recheck_full():

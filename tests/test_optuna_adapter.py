@@ -112,6 +112,22 @@ def test_a_searcher_whose_budget_is_all_claimed_reads_the_storage_once_a_second_
     assert searcher.suggest("after") == Searcher.FINISHED  # at once, not a second later
 
 
+def test_an_idle_driver_waiting_on_other_drivers_trials_stops_at_its_time_budget(study, tmp_path):
+    """Tune checks --time-budget between steps, not while it waits for a trial from a searcher that has none
+    to give; there it waits up to 600 s. The searcher keeps the deadline itself."""
+    from ray.tune.search import Searcher
+
+    from automl.searcher import StudySearcher
+
+    study, storage = study
+    study.ask(X)  # the only slot, held by another driver
+    searcher = StudySearcher(study, storage, X, target=1, max_epochs=1, study_dir=tmp_path, heartbeat=None,
+                             time_budget=0.5)
+    assert searcher.suggest("early") is None
+    time.sleep(0.6)
+    assert searcher.suggest("late") == Searcher.FINISHED
+
+
 def test_two_drivers_racing_for_the_last_slot_agree_who_got_it(study):
     study, _ = study
     for _ in range(2):

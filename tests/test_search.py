@@ -201,3 +201,18 @@ def test_status_says_when_no_trial_learned_a_class(tmp_path, searched):
     root, _, _, _ = searched  # the demo's trials learned every class: nothing to say
     demo = RunDir(root / "runs", "demo")
     assert unlearned_classes_note(demo, demo.settings()) is None
+
+
+def test_a_time_budget_ends_the_search_and_leaves_no_trial_running(tmp_path, ray_session):
+    import time
+
+    dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
+    options = SearchOptions(data=dataset_yaml, study="budget", runs_dir=tmp_path / "runs", trials=1000, max_epochs=1000,
+                            time_budget=12, prune=False, wandb="off",
+                            fixed={"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 2})
+    started = time.monotonic()
+    run_search(options, echo=lambda line: None)
+    assert time.monotonic() - started < 12 + 30  # the budget, plus preparing the study and stopping the trials
+    trials = load(tmp_path, "budget").trials
+    assert trials and all(t.state.name == "PRUNED" for t in trials)  # none reached 1000 epochs, none left RUNNING
+    assert all(0 < t.user_attrs["epochs"] < 1000 for t in trials if "epochs" in t.user_attrs)
