@@ -129,7 +129,8 @@ def search_command(
     max_concurrent: Optional[int] = typer.Option(None, help="Trials running at once (default: as resources allow)."),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs per trial."),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU."),
-    time_budget: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds."),
+    time_budget: Optional[float] = typer.Option(
+        None, help="Stop this driver after this many seconds (its running trials are recorded PRUNED)."),
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster (e.g. auto)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite in the study folder)."),
     seed: int = typer.Option(0, help="Seed of the sampler and the data split."),

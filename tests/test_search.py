@@ -207,8 +207,8 @@ def test_a_time_budget_ends_the_search_and_leaves_no_trial_running(tmp_path, ray
     import time
 
     dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
-    options = SearchOptions(data=dataset_yaml, study="budget", runs_dir=tmp_path / "runs", trials=1000, max_epochs=1000,
-                            time_budget=12, prune=False, wandb="off",
+    options = SearchOptions(data=dataset_yaml, study="budget", runs_dir=tmp_path / "runs", trials=1000,
+                            max_epochs=1000, time_budget=12, prune=False, wandb="off",
                             fixed={"model.encoder": "tu-test_resnet", "train.min_steps_per_epoch": 2})
     started = time.monotonic()
     run_search(options, echo=lambda line: None)
