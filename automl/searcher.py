@@ -75,8 +75,7 @@ class StudySearcher(Searcher):
         self.heartbeats = Heartbeats(storage, heartbeat) if heartbeat else None
         self.silent = SilentTrials(storage, GRACE_PERIODS * heartbeat) if heartbeat else None
         self.check_stale = Throttle(heartbeat or HEARTBEAT_S)
-        self.recheck_full = Throttle(FULL_RECHECK_S)  # Tune asks every step (~10/s) while the budget is all claimed
-        self.full = False
+        self.quiet_until = 0.0  # budget all claimed: Tune still asks every step (~10/s), the storage once a second
         # Tune checks its time budget between steps, but not while it waits on a searcher that has nothing to
         # give (this driver idle, other drivers holding the last slots): it would overrun by up to 600 s
         self.deadline = time.monotonic() + time_budget if time_budget else None
@@ -90,14 +89,13 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         if self.heartbeats and self.check_stale():
             self.recover_abandoned()
-        if self.full and not self.recheck_full():
+        if time.monotonic() < self.quiet_until:
             return None  # nothing to start until a trial finishes or dies: no full read of the storage per step
         counts = budget(self.study.get_trials(deepcopy=False))
         if counts.finished >= self.target:
             return Searcher.FINISHED
-        self.full = counts.claimed >= self.target and counts.waiting == 0
-        if self.full:
-            self.recheck_full.restart()
+        if counts.claimed >= self.target and counts.waiting == 0:
+            self.quiet_until = time.monotonic() + FULL_RECHECK_S
             return None  # other trials are running; one may yet die and be queued again
         try:
             with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); we send them
@@ -157,7 +155,7 @@ class StudySearcher(Searcher):
         else:
             self.study.tell(trial, state=getattr(optuna.trial.TrialState, state))
         self.forget(trial_id)
-        self.full = False  # the study may be done now: the next suggest reads the storage at once
+        self.quiet_until = 0.0  # the study may be done now: the next suggest reads the storage at once
 
     def record(self, trial: optuna.trial.Trial, trial_id: str, result: dict) -> None:
         trial_dir = self.study_dir / "trials" / f"{trial.number:04d}"

@@ -146,7 +146,3 @@ class Throttle:
             return False
         self.last = now
         return True
-
-    def restart(self) -> None:
-        """The next True comes `seconds` from now."""
-        self.last = time.monotonic()

@@ -107,7 +107,7 @@ def test_a_searcher_whose_budget_is_all_claimed_reads_the_storage_once_a_second_
     started = time.monotonic()
     answers = [searcher.suggest(f"step{i}") for i in range(200)]
     assert answers == [None] * 200 and 1 <= len(reads) <= 1 + (time.monotonic() - started) / FULL_RECHECK_S
-    searcher.recheck_full.seconds = 3600  # from here on, only a finished trial of its own may trigger a read
+    searcher.quiet_until = time.monotonic() + 3600  # from here on, only a finished trial of its own may read
     searcher.on_trial_complete("mine", {"score": 0.7, "best_score": 0.7, "epoch": 1})
     assert searcher.suggest("after") == Searcher.FINISHED  # at once, not a second later
 

@@ -4,6 +4,7 @@ and re-trains to its score, seeds repeat, crashes and NaNs are recorded instead 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,6 @@ def test_dashboard_serves_the_study_on_localhost_only(searched):
     import socket
     import subprocess
     import sys
-    import time
     import urllib.request
 
     root, _, _, _ = searched
@@ -204,8 +204,6 @@ def test_status_says_when_no_trial_learned_a_class(tmp_path, searched):
 
 
 def test_a_time_budget_ends_the_search_and_leaves_no_trial_running(tmp_path, ray_session):
-    import time
-
     dataset_yaml = write_demo(tmp_path / "data", "binary", n=16, size=64)
     options = SearchOptions(data=dataset_yaml, study="budget", runs_dir=tmp_path / "runs", trials=1000,
                             max_epochs=1000, time_budget=12, prune=False, wandb="off",
