@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data_loading.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/search_overhead.py
+	$(BIN)/python bench/ray_background.py
 	$(BIN)/python bench/search_efficiency.py
 	$(BIN)/python bench/ensemble_memory.py
 	$(BIN)/python bench/predict_throughput.py
