@@ -17,7 +17,8 @@ for N trials. Under the ratio, each kind of run's time is split, from the files 
 before the first trial trains (imports, Ray, the study; up to the first config.json), the training epochs
 (metrics.csv `seconds`, summed), the rest between them (building each trial, saving, Tune and Optuna) and
 after the last epoch: on a noisy VM this tells the orchestration's fixed cost from a slower or faster
-machine.
+machine. The share of the machine's CPU time its host took away (steal, from /proc/stat) is printed for each
+command.
 """
 
 from __future__ import annotations
@@ -56,14 +57,24 @@ class Run:
     """One command, timed from start to exit, and where its time went, read from the trial folders it wrote."""
 
     def __init__(self, command: list[str], trials_dir: Path):
-        started_at, start = time.time(), time.perf_counter()  # the wall clock only to compare with file times
+        started_at, start, cpu_before = time.time(), time.perf_counter(), cpu_ticks()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.seconds = time.perf_counter() - start
+        spent = [after - before for before, after in zip(cpu_before, cpu_ticks())]
+        self.steal = spent[7] / sum(spent) if len(spent) > 7 and sum(spent) else 0.0  # the VM's host took these
         folders = sorted(p for p in trials_dir.iterdir() if (p / "metrics.csv").exists())
         self.epochs = sum(epoch_seconds(folder / "metrics.csv") for folder in folders)
         self.start_up = min((folder / "config.json").stat().st_mtime for folder in folders) - started_at
         self.tail = started_at + self.seconds - max((folder / "metrics.csv").stat().st_mtime for folder in folders)
         self.between = self.seconds - self.start_up - self.epochs - self.tail  # trial set-up, saving, Tune/Optuna
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time by kind (user, nice, system, idle, iowait, irq, softirq, steal, ...), Linux."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return []
 
 
 def epoch_seconds(metrics_csv: Path) -> float:
@@ -75,7 +86,8 @@ def breakdown(name: str, runs: list[Run]) -> str:
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     return (f"{name}: before the first trial trains {mean([r.start_up for r in runs]):5.1f} s, training epochs "
             f"{mean([r.epochs for r in runs]):6.1f} s, between epochs and trials "
-            f"{mean([r.between for r in runs]):5.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s")
+            f"{mean([r.between for r in runs]):5.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s; "
+            f"CPU time taken by the VM's host (steal) {', '.join(f'{r.steal:.1%}' for r in runs)}")
 
 
 def main() -> None:
