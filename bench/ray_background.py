@@ -1,4 +1,4 @@
-"""What an idle local Ray costs the training epochs next to it (part of bench/search_overhead.py's excess).
+"""What an idle local Ray costs the training epochs of a plain process next to it.
 
     .venv/bin/python bench/ray_background.py [--rounds 8]
 
@@ -6,13 +6,16 @@ One plain process trains one model epoch by epoch (unet/resnet18, the demo's 52 
 2 torch threads, as in search_overhead). Each round times one epoch with no Ray on the machine and one
 with a local Ray started the way `automl search` starts it (after it has settled for 10 s and one
 untimed epoch), in alternating order, so the VM's drift falls on both alike. Prints each round, the ratio
-Ray up / Ray down (sum and median of the rounds' ratios), and the CPU seconds per minute that Ray's own
-processes (Ray's daemons and the driver, which here only holds Ray open) used during the timed epochs.
+Ray up / Ray down (sums, median and range of the rounds' ratios), and the CPU seconds per minute that Ray's
+processes used during the timed epochs. Scope: Ray's daemons, its prestarted idle workers and an idle driver
+beside a plain process; not a trial training inside a Ray worker under Tune's driver loop (that is
+bench/search_overhead.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +58,10 @@ class PlainTrainer:
     def epoch(self) -> float:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the training process died; run its code alone to see why")
+        return float(line)
 
     def close(self) -> None:
         self.process.kill()
@@ -70,22 +76,23 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ray_processes(trainer: PlainTrainer) -> list[int]:
-    """This process and all it started (Ray's daemons and workers), but not the training process."""
+def ray_processes(trainer: PlainTrainer) -> dict[int, float]:
+    """CPU seconds so far of this process and all it started (Ray's daemons and workers), not the trainer."""
     stats = {int(p.name): proc_stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    parents = {pid: stat[0] for pid, stat in stats.items() if stat}
     family, grown = {os.getpid()}, True
     while grown:
         grown = False
-        for pid, parent in parents.items():
-            if parent in family and pid not in family and pid != trainer.process.pid:
+        for pid, stat in stats.items():
+            if stat and stat[0] in family and pid not in family and pid != trainer.process.pid:
                 family.add(pid)
                 grown = True
-    return sorted(family)
+    return {pid: stats[pid][1] for pid in family if stats.get(pid)}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    return sum(stat[1] for pid in pids if (stat := proc_stat(pid)))
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings: the growth of processes seen at both, all of those started between
+    (a process that ended between them is lost: Ray's processes live as long as Ray)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def main() -> None:
@@ -97,7 +104,8 @@ def main() -> None:
     from automl.search import SearchOptions, start_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-background-"))
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         dataset_yaml = write_demo(work / "data", "multiclass", n=64, size=128)
         from automl.config import load_dataset_spec
         from automl.data.dataset import SegmentationDataset
@@ -106,6 +114,7 @@ def main() -> None:
         split_file = work / "split.json"
         split_file.write_text(json.dumps({"train": ids[:52], "val": ids[52:]}))
         trainer = PlainTrainer(dataset_yaml, split_file)
+        stack.callback(trainer.close)
         trainer.epoch()  # the first epoch decodes the images
         down, up, ray_cpu, ray_wall = [], [], 0.0, 0.0
         for number in range(args.rounds):
@@ -117,21 +126,18 @@ def main() -> None:
                 start_ray(SearchOptions())
                 time.sleep(10)
                 trainer.epoch()
-                processes = ray_processes(trainer)
-                before, start = cpu_seconds(processes), time.perf_counter()
+                before, start = ray_processes(trainer), time.perf_counter()
                 up.append(trainer.epoch())
-                ray_cpu += cpu_seconds(processes) - before
+                ray_cpu += cpu_used(before, ray_processes(trainer))
                 ray_wall += time.perf_counter() - start
-                ray.shutdown()
+                ray.shutdown(wait_for_processes=True)
             print(f"round {number}: epoch with no Ray {down[-1]:6.2f} s, with an idle local Ray {up[-1]:6.2f} s",
                   flush=True)
-        print(f"{args.rounds} rounds, one epoch each way: Ray up / Ray down = {sum(up) / sum(down):.3f} (sums), "
-              f"{statistics.median(u / d for u, d in zip(up, down)):.3f} (median of the rounds' ratios)")
+        ratios = [u / d for u, d in zip(up, down)]
+        print(f"{args.rounds} rounds, one epoch each way: Ray up / Ray down = {sum(up) / sum(down):.3f} (sums); "
+              f"the rounds' ratios: median {statistics.median(ratios):.3f}, {min(ratios):.3f} to {max(ratios):.3f}")
         print(f"Ray's processes and its driver used {60 * ray_cpu / ray_wall:.2f} CPU s per minute during the "
-              f"timed epochs (2 cores: 120 CPU s per minute in all)")
-        trainer.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+              f"timed epochs ({os.cpu_count()} cores: {60 * os.cpu_count()} CPU s per minute in all)")
 
 
 if __name__ == "__main__":

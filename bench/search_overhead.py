@@ -17,8 +17,8 @@ for N trials. Under the ratio, each kind of run's time is split, from the files 
 before the first trial trains (imports, Ray, the study; up to the first config.json), the training epochs
 (metrics.csv `seconds`, summed), the rest between them (building each trial, saving, Tune and Optuna) and
 after the last epoch: on a noisy VM this tells the orchestration's fixed cost from a slower or faster
-machine. The share of the machine's CPU time its host took away (steal, from /proc/stat) is printed for each
-command.
+machine. For each command it also prints steal: the share of all the machine's CPU time (idle included) that
+the VM's host took away (/proc/stat; n/a off Linux).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class Run:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.seconds = time.perf_counter() - start
         spent = [after - before for before, after in zip(cpu_before, cpu_ticks())]
-        self.steal = spent[7] / sum(spent) if len(spent) > 7 and sum(spent) else 0.0  # the VM's host took these
+        # guest time is already inside user and nice, so the first 8 kinds are all the machine's time
+        self.steal = spent[7] / sum(spent[:8]) if len(spent) > 7 and sum(spent[:8]) else None
         folders = sorted(p for p in trials_dir.iterdir() if (p / "metrics.csv").exists())
         self.epochs = sum(epoch_seconds(folder / "metrics.csv") for folder in folders)
         self.start_up = min((folder / "config.json").stat().st_mtime for folder in folders) - started_at
@@ -87,7 +88,8 @@ def breakdown(name: str, runs: list[Run]) -> str:
     return (f"{name}: before the first trial trains {mean([r.start_up for r in runs]):5.1f} s, training epochs "
             f"{mean([r.epochs for r in runs]):6.1f} s, between epochs and trials "
             f"{mean([r.between for r in runs]):5.1f} s, after the last epoch {mean([r.tail for r in runs]):4.1f} s; "
-            f"CPU time taken by the VM's host (steal) {', '.join(f'{r.steal:.1%}' for r in runs)}")
+            f"steal (CPU time the VM's host took, share of all CPU time, idle included) "
+            f"{', '.join('n/a' if r.steal is None else f'{r.steal:.1%}' for r in runs)}")
 
 
 def main() -> None:
