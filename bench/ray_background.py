@@ -79,13 +79,15 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
 def ray_processes(trainer: PlainTrainer) -> dict[int, float]:
     """CPU seconds so far of this process and all it started (Ray's daemons and workers), not the trainer."""
     stats = {int(p.name): proc_stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    family, grown = {os.getpid()}, True
-    while grown:
-        grown = False
-        for pid, stat in stats.items():
-            if stat and stat[0] in family and pid not in family and pid != trainer.process.pid:
-                family.add(pid)
-                grown = True
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        if stat and pid != trainer.process.pid:
+            children.setdefault(stat[0], []).append(pid)
+    family, unseen = [], [os.getpid()]
+    while unseen:
+        pid = unseen.pop()
+        family.append(pid)
+        unseen.extend(children.get(pid, []))
     return {pid: stats[pid][1] for pid in family if stats.get(pid)}
 
 
