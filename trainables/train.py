@@ -28,7 +28,6 @@ from trainables.augment import build_augmentation
 from trainables.averaging import WeightAveraging
 from trainables.data import SegmentationTorchDataset, TrainData
 from trainables.losses import HybridLoss
-from trainables.memory import keep_freed_memory
 from trainables.models import create_model, pad_to_multiple, segment
 from trainables.optim import OPTIMIZERS, Schedule
 
@@ -182,7 +181,6 @@ def training_epochs(config: TrialConfig, data: TrainData, device: str | None = N
     """Train epoch by epoch, validating after each (if there are validation images); yields every epoch (the
     consumer decides what to keep)."""
     spec = data.dataset.spec
-    keep_freed_memory()
     seed_everything(config.train.seed)
     device = pick_device(device)
     cuda = device.type == "cuda"
