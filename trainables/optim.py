@@ -84,8 +84,8 @@ class Schedule:
             max_lrs = [group["lr"] for group in optimizer.param_groups]
             self.per_batch = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(total, 1), pct_start=pct_start)
             return
-        self.per_batch = LambdaLR(optimizer, lambda step: lr_factor(name, step, self.warmup_steps, total,
-                                                                    steps_per_epoch))
+        warmup_steps = self.warmup_steps  # not self: a lambda holding self would keep the optimizer in a cycle
+        self.per_batch = LambdaLR(optimizer, lambda step: lr_factor(name, step, warmup_steps, total, steps_per_epoch))
         if name == "plateau":
             self.plateau = ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
 
