@@ -221,13 +221,24 @@ def start_ray(options: SearchOptions) -> bool:
     os.environ.setdefault("RAY_enable_metrics_collection", "0")  # fewer background cycles on small machines
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs = dict(include_dashboard=False, log_to_driver=options.verbose,
-                  logging_level=logging.INFO if options.verbose else logging.ERROR)
+                  logging_level=logging.INFO if options.verbose else logging.ERROR,
+                  runtime_env={"env_vars": worker_env()})
     if options.address:  # a cluster keeps the worker niceness it was started with
         ray.init(address=options.address, **kwargs)
     else:
         with normal_priority_workers():
             ray.init(num_cpus=os.cpu_count(), **kwargs)
     return True
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of this job's Ray workers, on this machine or a cluster. A reused worker trains each trial
+    in a new thread, and glibc gives a new thread a malloc arena of its own (up to 8 per core) that keeps
+    its peak when the thread ends: without a cap, every trial's peak stayed in the worker (one-off, unet/
+    resnet18 at 128 px: RSS 0.8, 1.5, 1.9, 2.3, 2.8, 3.1 GB at the start of six trials, of which 0.2 GB in
+    use) and the next trial faulted in fresh pages. Two arenas, as many long-running servers cap them,
+    held it at 1.8 GB. A value the user set stands."""
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
 
 
 @contextlib.contextmanager
