@@ -207,8 +207,9 @@ def enqueue_defaults(study, space: SearchSpace, echo: Callable[[str], None]) -> 
         echo(f"trial 0 is the defaults: {', '.join(f'{short(k)} {format_value(v)}' for k, v in point.items())}")
 
 
-def start_ray(options: SearchOptions) -> bool:
-    """Start (or join) Ray; returns whether this call started it (and so must stop it)."""
+def start_ray(options: SearchOptions, num_cpus: int | None = None) -> bool:
+    """Start (or join) Ray; returns whether this call started it (and so must stop it). A Ray started here
+    has `num_cpus` (default: the machine's)."""
     import ray
 
     if not options.verbose:  # a failed trial is reported in one line; its traceback is in the trial folder
@@ -222,23 +223,24 @@ def start_ray(options: SearchOptions) -> bool:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs = dict(include_dashboard=False, log_to_driver=options.verbose,
                   logging_level=logging.INFO if options.verbose else logging.ERROR,
-                  runtime_env={"env_vars": worker_env()})
+                  runtime_env={"env_vars": env} if (env := worker_env()) else None)
     if options.address:  # a cluster keeps the worker niceness it was started with
         ray.init(address=options.address, **kwargs)
     else:
         with normal_priority_workers():
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
     return True
 
 
 def worker_env() -> dict[str, str]:
-    """Environment of this job's Ray workers, on this machine or a cluster. A reused worker trains each trial
-    in a new thread, and glibc gives a new thread a malloc arena of its own (up to 8 per core) that keeps
-    its peak when the thread ends: without a cap, every trial's peak stayed in the worker (one-off, unet/
-    resnet18 at 128 px: RSS 0.8, 1.5, 1.9, 2.3, 2.8, 3.1 GB at the start of six trials, of which 0.2 GB in
-    use) and the next trial faulted in fresh pages. Two arenas, as many long-running servers cap them,
-    held it at 1.8 GB. A value the user set stands."""
-    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+    """What this job's Ray workers get in their environment, on this machine or a cluster. Ray trains trial
+    after trial in one worker, each in a new thread; with glibc's default of up to 8 malloc arenas per core,
+    the memory the worker kept but no longer used grew with every trial (one-off, six unet/resnet18 trials at
+    128 px, at the trials' starts: RSS 0.8 to 3.1 GB, 0.2 GB of it in use, the rest free in the arenas).
+    Capped at two arenas, as many long-running servers do: 1.8-2.0 GB. A MALLOC_ARENA_MAX already set is
+    left alone (a local Ray's workers inherit it, a cluster's get the one `ray start` or `ray job submit`
+    gave them; passing it again would clash with a job's own runtime env)."""
+    return {} if "MALLOC_ARENA_MAX" in os.environ else {"MALLOC_ARENA_MAX": "2"}
 
 
 @contextlib.contextmanager

@@ -55,11 +55,12 @@ def run_cli(capsys):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Ray started once for the whole test session: 2 CPUs, no dashboard."""
+    """Ray started once for the whole test session, as `automl search` starts it (its workers' settings)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from automl.search import SearchOptions, start_ray
+
+    start_ray(SearchOptions(), num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -4,6 +4,7 @@ and re-trains to its score, seeds repeat, crashes and NaNs are recorded instead 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from automl.config import parse_trial_config
 from automl.data.dataset import SegmentationDataset
 from automl.data.demo import write_demo
 from automl.errors import UserError
-from automl.search import SearchOptions, make_sampler, run_search
+from automl.search import SearchOptions, make_sampler, run_search, worker_env
 from automl.searcher import StudySearcher
 from automl.space import load_space
 from automl.store import RunDir
@@ -121,6 +122,22 @@ def first_configs(seed: int, n: int = 4) -> list[dict]:
 def test_the_same_seed_samples_the_same_first_configs():
     assert first_configs(3) == first_configs(3)
     assert first_configs(3) != first_configs(4)
+
+
+def test_ray_workers_start_with_two_malloc_arenas_unless_the_environment_sets_it(ray_session, monkeypatch):
+    """What glibc reads when the process starts (/proc/self/environ), in an actor with a runtime env of its
+    own, as Tune starts each trial's worker."""
+    @ray_session.remote(num_cpus=0, runtime_env={"env_vars": {"AUTOML_TEST": "1"}})
+    class Worker:
+        def environment_at_start(self) -> list[bytes]:
+            return Path("/proc/self/environ").read_bytes().split(b"\0")
+
+    environment = ray_session.get(Worker.remote().environment_at_start.remote())
+    assert b"AUTOML_TEST=1" in environment
+    assert b"MALLOC_ARENA_MAX=" + os.environ.get("MALLOC_ARENA_MAX", "2").encode() in environment
+    assert worker_env() == ({} if "MALLOC_ARENA_MAX" in os.environ else {"MALLOC_ARENA_MAX": "2"})
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")  # a local Ray's workers inherit it; a cluster's, from `ray start`
+    assert worker_env() == {}
 
 
 def test_crashing_and_non_finite_trials_are_recorded_not_fatal(tmp_path, ray_session):

@@ -94,8 +94,7 @@ def test_a_nan_loss_raises_the_distinct_error_naming_epoch_and_step(demo_data, m
                                                  ("onecycle", {"swa": {"start": 0.5}})])
 def test_a_finished_training_leaves_no_tensor_in_a_reference_cycle(schedule, averaging, demo_data):
     """A reused Ray worker holds ~600k long-lived objects, so Python's full collection runs rarely there: a
-    model or optimizer caught in a cycle stayed in memory for many trials (one-off: the worker's RSS grew
-    by ~500 MB a trial with unet/resnet18; on a GPU, by the optimizer's CUDA memory)."""
+    model or optimizer caught in a cycle stayed in memory trial after trial (on a GPU, its CUDA memory)."""
     gc.collect()
     train(tiny_config(2, schedule={"name": schedule}, train=averaging), demo_data["binary"])
     gc.set_debug(gc.DEBUG_SAVEALL)
